@@ -1,0 +1,51 @@
+# Two commands for a newcomer:  make lab   (set up, open the course)   make test   (set up, run every test)
+# Both create .venv with the project's pinned dependencies the first time. Needs Python 3.10+.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch first, by itself: on a machine without a GPU a CPU build is enough; override with
+# `make TORCH=torch==2.13.0 ...` or any version within pyproject.toml's bounds.
+TORCH  ?= torch==2.13.0
+PYTEST_WORKERS ?= 2
+
+.PHONY: lab test test-fast test-notebooks notebooks grade bench gpu-test clean
+
+$(VENV)/.install-stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -c "import kernels; print('installed:', kernels.device.describe())"
+	touch $@
+
+lab: $(VENV)/.install-stamp
+	$(BIN)/jupyter lab --notebook-dir=. lessons/
+
+# Everything CI runs: graded kernel tests, the drift, environment and mutant checks, then every
+# notebook of lessons/ and solutions/ under nbval (solutions strictly: a wrong answer fails).
+test: $(VENV)/.install-stamp
+	$(BIN)/python -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile tests
+	KERNELS_STRICT_CHECKS=1 $(BIN)/python -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile \
+	    --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider lessons solutions
+
+test-fast: $(VENV)/.install-stamp
+	$(BIN)/python -m pytest -ra -n $(PYTEST_WORKERS) tests
+
+test-notebooks: $(VENV)/.install-stamp
+	KERNELS_STRICT_CHECKS=1 $(BIN)/python -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile \
+	    --nbval-lax --nbval-current-env --nbval-cell-timeout=900 lessons solutions
+
+# Regenerate lessons/ from solutions/ after editing a solution notebook.
+notebooks: $(VENV)/.install-stamp
+	$(BIN)/python -m kernels.grading.notebooks
+
+# Grade a notebook or a folder of submissions:  make grade NB=path
+grade: $(VENV)/.install-stamp
+	$(BIN)/python -m kernels.grading $(NB)
+
+bench: $(VENV)/.install-stamp
+	$(BIN)/python -m kernels.bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

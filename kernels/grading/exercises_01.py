@@ -1,0 +1,1 @@
+"""Exercises of lesson 01: graders, reference solutions and mutants."""

@@ -1,0 +1,1 @@
+"""Exercises of lesson 04: graders, reference solutions and mutants."""
