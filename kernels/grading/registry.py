@@ -15,7 +15,10 @@ from typing import Callable
 
 from . import core
 
-LESSON_MODULES = ("exercises_01", "exercises_02", "exercises_03", "exercises_04", "exercises_05")
+LESSON_MODULES = (
+    "exercises_01", "exercises_02", "exercises_03", "exercises_03_cuda",
+    "exercises_04", "exercises_04_cuda", "exercises_05",
+)
 
 
 @dataclasses.dataclass

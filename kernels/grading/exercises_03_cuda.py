@@ -1,0 +1,1 @@
+"""Exercises of lesson 03 on the CUDA C++ kernels: graders, solutions and mutants."""
