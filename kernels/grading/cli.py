@@ -95,7 +95,8 @@ def submissions(target: pathlib.Path) -> list[tuple[str, list[pathlib.Path]]]:
     return found
 
 
-def print_table(student: str, rows: list[tuple[str, dict]], out=sys.stdout) -> None:
+def print_table(student: str, rows: list[tuple[str, dict]], out=None) -> None:
+    out = out or sys.stdout
     passed = sum(r["status"] == "pass" for _, r in rows)
     print(f"\n== {student}: {passed}/{len(rows)} exercises pass", file=out)
     width = max([len(r["exercise"]) for _, r in rows] + [8])
