@@ -1,0 +1,475 @@
+"""The FlashAttention backward pass in Triton, and `flash_attention`, a differentiable attention.
+
+Three kernels, FlashAttention-2's split of the work, with no atomics (so results are
+deterministic, bit for bit, run after run):
+
+1. `_bwd_preprocess_kernel`: D_i = rowsum(dO_i ∘ O_i), and L in base 2 (L·log2 e), one pass over
+   O and dO. Rows whose L is -inf (every key masked) get +inf, so that P = exp2(s - inf) = 0.
+2. `_bwd_dkdv_kernel`: one program per block of B_c keys (K_j, V_j stay in registers); it walks
+   the query blocks i, rebuilds Pᵀ_ij = exp2(log2e·scale·K_j Q_iᵀ − L_i) and accumulates
+   dV_j += Pᵀ dO_i and dK_j += dSᵀ Q_i, written once at the end. It works with the transposed
+   tile Sᵀ (B_c, B_r) so that every matrix product has the key block as its left operand.
+3. `_bwd_dq_kernel`: one program per block of B_r queries; it walks the key blocks j and
+   accumulates dQ_i += dS_ij K_j.
+
+Kernels 2 and 3 both recompute S, P and dP (7 matrix products per tile instead of 5): that is the
+price of writing dQ without atomic additions from many programs.
+
+Causal masking (top-left: key j visible to query i when j <= i): tiles wholly above the diagonal
+are skipped, tiles wholly below run without any mask, and only the diagonal tiles and the
+ragged tail (N not a multiple of the block) pay for masks: the `MASK` constexpr of the inner loops.
+
+exp2 instead of exp: scale·log2(e) is folded into one multiplier (qk_scale) and L is converted to
+base 2 once, so each score costs one fused multiply-add and one exp2.
+
+Reference path: kernels.tiled_backward.backward_fa2 (the same algorithm in PyTorch) and
+kernels.reference.attention_backward (autograd through naive attention).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from . import device
+from .validation import check_qkv, check_scale, check_tensor
+
+if device.HAS_TRITON:
+    import triton
+    import triton.language as tl
+else:  # pragma: no cover - platforms without triton wheels
+    triton = tl = None
+
+__all__ = ["attention_backward", "flash_attention", "FlashAttention", "BackwardConfig"]
+
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x · log2 e)
+
+_SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Triton kernels
+# ------------------------------------------------------------------------------------------------
+if device.HAS_TRITON:
+
+    @triton.jit
+    def _load_tile(ptrs, offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   CHECK_ROWS: tl.constexpr):
+        """Load a (rows, BLOCK_D) tile; masked only where it can run past an edge: the rows (when
+        CHECK_ROWS) and the head dim (when BLOCK_D pads it to a power of two). Masked lanes read 0."""
+        if CHECK_ROWS:
+            if BLOCK_D == HEAD_DIM:
+                tile = tl.load(ptrs, mask=offs_rows[:, None] < n_rows, other=0.0)
+            else:
+                tile = tl.load(ptrs, mask=(offs_rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        else:
+            if BLOCK_D == HEAD_DIM:
+                tile = tl.load(ptrs)
+            else:
+                tile = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        return tile
+
+    @triton.jit
+    def _bwd_preprocess_kernel(
+        O, dO, L, D, Lg,
+        stride_ob, stride_oh, stride_om,
+        stride_dob, stride_doh, stride_dom,
+        stride_lb, stride_lh, stride_lm,
+        H, Nq,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """D = rowsum(dO ∘ O) in float32 and Lg = L · log2(e) (with -inf -> +inf), both (B·H, Nq)."""
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = (bh // H).to(tl.int64)  # int64 offsets: B·H·N·d may pass 2³¹
+        h = (bh % H).to(tl.int64)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        o = _load_tile(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+                       offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, True)
+        do = _load_tile(dO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
+                        offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, True)
+        Di = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)  # (BLOCK_M,)
+        rows = offs_m < Nq
+        tl.store(D + bh * Nq + offs_m, Di, mask=rows)
+        l = tl.load(L + b * stride_lb + h * stride_lh + offs_m * stride_lm, mask=rows, other=0.0).to(tl.float32)
+        lg = tl.where(l == float("-inf"), float("inf"), l * 1.4426950408889634)
+        tl.store(Lg + bh * Nq + offs_m, lg, mask=rows)
+
+    @triton.jit
+    def _dkdv_inner(
+        dk, dv, k, v,
+        Q, dO, Lg, D,
+        stride_qm, stride_dom,
+        offs_n, offs_d, lo, hi, Nq, qk_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+        MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    ):
+        """Accumulate dK_j, dV_j over the query blocks starting at lo, lo + B_r, ... < hi.
+
+        Works on transposed tiles (B_c, B_r): Sᵀ = K_j Q_iᵀ. MASK: check query rows against Nq
+        (padded rows get L = +inf, hence P = 0) and, when causal, hide keys above the diagonal.
+        """
+        offs_m0 = tl.arange(0, BLOCK_M)
+        for start_m in range(lo, hi, BLOCK_M):
+            offs_m = start_m + offs_m0
+            q = _load_tile(Q + offs_m[:, None] * stride_qm + offs_d[None, :], offs_m, Nq, offs_d,
+                           HEAD_DIM, BLOCK_D, MASK)  # (B_r, d)
+            do = _load_tile(dO + offs_m[:, None] * stride_dom + offs_d[None, :], offs_m, Nq, offs_d,
+                            HEAD_DIM, BLOCK_D, MASK)  # (B_r, d)
+            if MASK:
+                lg = tl.load(Lg + offs_m, mask=offs_m < Nq, other=float("inf"))  # (B_r,)
+                Di = tl.load(D + offs_m, mask=offs_m < Nq, other=0.0)
+            else:
+                lg = tl.load(Lg + offs_m)
+                Di = tl.load(D + offs_m)
+            sT = tl.dot(k, tl.trans(q), input_precision=PREC)  # (B_c, B_r) = (K_j Q_iᵀ)
+            pT = tl.math.exp2(sT * qk_scale - lg[None, :])  # Pᵀ, rebuilt from L: final at once
+            if MASK:
+                if IS_CAUSAL:
+                    pT = tl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
+            dv += tl.dot(pT.to(do.dtype), do, input_precision=PREC)  # dV_j += Pᵀ dO_i
+            dpT = tl.dot(v, tl.trans(do), input_precision=PREC)  # dPᵀ = V_j dO_iᵀ
+            dsT = pT * (dpT - Di[None, :])  # dSᵀ = Pᵀ ∘ (dPᵀ − D)
+            dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)  # dK_j += dSᵀ Q_i (scale later)
+        return dk, dv
+
+    @triton.jit
+    def _dq_inner(
+        dq, q, do, lg, Di,
+        K, V, stride_kn, stride_vn,
+        offs_m, offs_d, lo, hi, Nk, qk_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    ):
+        """Accumulate dQ_i (without the final ·scale) over key blocks lo, lo + B_c, ... < hi.
+
+        dq (B_r, BLOCK_D) float32; q, do (B_r, BLOCK_D); lg = L_i·log2 e and Di (B_r,). K, V point at
+        row 0 of this (batch, head); rows are stride_kn / stride_vn apart, the head dim is
+        contiguous and HEAD_DIM wide (BLOCK_D >= HEAD_DIM, padded lanes must read 0).
+        MASK: keys j >= Nk (and, when IS_CAUSAL, keys j > i) must get P = 0; when MASK is False every
+        key of every block is in bounds and visible.
+        """
+        offs_n0 = tl.arange(0, BLOCK_N)
+        for start_n in range(lo, hi, BLOCK_N):
+            offs_n = start_n + offs_n0
+            k = _load_tile(K + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n, Nk, offs_d,
+                           HEAD_DIM, BLOCK_D, MASK)  # (B_c, d)
+            v = _load_tile(V + offs_n[:, None] * stride_vn + offs_d[None, :], offs_n, Nk, offs_d,
+                           HEAD_DIM, BLOCK_D, MASK)  # (B_c, d)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC)  # (B_r, B_c) = Q_i K_jᵀ
+            p = tl.math.exp2(s * qk_scale - lg[:, None])  # P_ij = exp(scale·s − L_i)
+            if MASK:
+                visible = offs_n[None, :] < Nk
+                if IS_CAUSAL:
+                    visible = visible & (offs_n[None, :] <= offs_m[:, None])
+                p = tl.where(visible, p, 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # dP = dO_i V_jᵀ
+            ds = p * (dp - Di[:, None])  # dS = P ∘ (dP − D)
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)  # dQ_i += dS K_j
+        return dq
+
+    @triton.jit
+    def _bwd_dkdv_kernel(
+        Q, K, V, dO, Lg, D, dK, dV,
+        stride_qb, stride_qh, stride_qm,
+        stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn,
+        stride_dob, stride_doh, stride_dom,
+        H, Nq, Nk, qk_scale, scale, N_KEY,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        """One program: keys [start_n, start_n + B_c) of one (batch, head). Needs B_c % B_r == 0."""
+        pid_n = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)  # int64 offsets: B·H·N·d may pass 2³¹
+        b = bh // H
+        h = bh % H
+        start_n = pid_n * BLOCK_N
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        Q += b * stride_qb + h * stride_qh
+        dO += b * stride_dob + h * stride_doh
+        Lg += bh * Nq
+        D += bh * Nq
+        k = _load_tile(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+                       offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, True)  # (B_c, d), stays on chip
+        v = _load_tile(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+                       offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, True)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        Nq_full = (Nq // BLOCK_M) * BLOCK_M  # query blocks below this need no row check
+        if IS_CAUSAL:
+            # rows i < start_n see none of these keys: start at the diagonal.
+            diag_hi = tl.minimum(start_n + BLOCK_N, Nq)
+            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, stride_qm, stride_dom, offs_n, offs_d,
+                                 start_n, diag_hi, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, True, True, PREC)
+            below_lo = start_n + BLOCK_N  # every row of these blocks sees every key of this block
+            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, stride_qm, stride_dom, offs_n, offs_d,
+                                 below_lo, Nq_full, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, False, True, PREC)
+            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, stride_qm, stride_dom, offs_n, offs_d,
+                                 tl.maximum(below_lo, Nq_full), Nq, Nq, qk_scale,
+                                 HEAD_DIM, BLOCK_M, BLOCK_D, True, True, PREC)
+        else:
+            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, stride_qm, stride_dom, offs_n, offs_d,
+                                 0, Nq_full, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, False, False, PREC)
+            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, stride_qm, stride_dom, offs_n, offs_d,
+                                 Nq_full, Nq, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, True, False, PREC)
+        dk = dk * scale
+        out = bh * Nk * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]  # dK, dV contiguous
+        ok = (offs_n[:, None] < Nk) & (offs_d[None, :] < HEAD_DIM)
+        tl.store(dK + out, dk.to(dK.dtype.element_ty), mask=ok)
+        tl.store(dV + out, dv.to(dV.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _bwd_dq_kernel(
+        Q, K, V, dO, Lg, D, dQ,
+        stride_qb, stride_qh, stride_qm,
+        stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn,
+        stride_dob, stride_doh, stride_dom,
+        H, Nq, Nk, qk_scale, scale, N_KEY,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        """One program: queries [start_m, start_m + B_r) of one (batch, head). Needs B_r % B_c == 0."""
+        n_blocks = tl.num_programs(0)
+        pid_m = tl.program_id(0)
+        if IS_CAUSAL:  # the last query blocks do the most work: launch them first
+            pid_m = n_blocks - 1 - pid_m
+        bh = tl.program_id(1).to(tl.int64)  # int64 offsets: B·H·N·d may pass 2³¹
+        b = bh // H
+        h = bh % H
+        start_m = pid_m * BLOCK_M
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        q = _load_tile(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                       offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, True)  # (B_r, d)
+        do = _load_tile(dO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
+                        offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, True)
+        lg = tl.load(Lg + bh * Nq + offs_m, mask=offs_m < Nq, other=float("inf"))  # (B_r,)
+        Di = tl.load(D + bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)
+        K += b * stride_kb + h * stride_kh
+        V += b * stride_vb + h * stride_vh
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        Nk_full = (Nk // BLOCK_N) * BLOCK_N  # key blocks below this need no bounds check
+        if IS_CAUSAL:
+            below_hi = tl.minimum(start_m, Nk_full)  # keys j < start_m <= i: all visible
+            dq = _dq_inner(dq, q, do, lg, Di, K, V, stride_kn, stride_vn, offs_m, offs_d, 0, below_hi, Nk,
+                           qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, False, True, PREC)
+            dq = _dq_inner(dq, q, do, lg, Di, K, V, stride_kn, stride_vn, offs_m, offs_d, below_hi,
+                           tl.minimum(start_m + BLOCK_M, Nk), Nk, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D,
+                           True, True, PREC)
+        else:
+            dq = _dq_inner(dq, q, do, lg, Di, K, V, stride_kn, stride_vn, offs_m, offs_d, 0, Nk_full, Nk,
+                           qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, False, False, PREC)
+            dq = _dq_inner(dq, q, do, lg, Di, K, V, stride_kn, stride_vn, offs_m, offs_d, Nk_full, Nk, Nk,
+                           qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, True, False, PREC)
+        dq = dq * scale
+        out = bh * Nq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]  # dQ contiguous
+        tl.store(dQ + out, dq.to(dQ.dtype.element_ty), mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM))
+
+
+# ------------------------------------------------------------------------------------------------
+# Configurations: one on the CPU (the interpreter), a tuned list on the GPU
+# ------------------------------------------------------------------------------------------------
+class BackwardConfig:
+    """Block sizes and launch parameters of the two main kernels.
+
+    dK/dV kernel: B_c = BLOCK_N1 keys per program, B_r = BLOCK_M1 queries per step (BLOCK_N1 %
+    BLOCK_M1 == 0). dQ kernel: B_r = BLOCK_M2 queries per program, B_c = BLOCK_N2 keys per step
+    (BLOCK_M2 % BLOCK_N2 == 0).
+    """
+
+    def __init__(self, BLOCK_M1, BLOCK_N1, warps1, stages1, BLOCK_M2, BLOCK_N2, warps2, stages2):
+        if BLOCK_N1 % BLOCK_M1 or BLOCK_M2 % BLOCK_N2:
+            raise ValueError("need BLOCK_N1 % BLOCK_M1 == 0 and BLOCK_M2 % BLOCK_N2 == 0 (diagonal blocks align)")
+        for b in (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2):
+            if b < 16 or b & (b - 1):
+                raise ValueError(f"block sizes must be powers of two >= 16 (tl.dot on a GPU), got {b}")
+        self.dkdv = (BLOCK_M1, BLOCK_N1, warps1, stages1)
+        self.dq = (BLOCK_M2, BLOCK_N2, warps2, stages2)
+
+    def __repr__(self):
+        return f"BackwardConfig(dkdv={self.dkdv}, dq={self.dq})"
+
+
+#: The one configuration used under the interpreter (and the GPU fallback without autotuning).
+CPU_CONFIG = BackwardConfig(16, 32, 4, 1, 32, 16, 4, 1)
+GPU_DEFAULT = BackwardConfig(64, 128, 8, 2, 128, 64, 8, 2)
+
+#: (B_r, B_c, warps, stages) candidates for the H100, for each kernel.
+DKDV_CANDIDATES = [
+    (64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3), (32, 128, 8, 3),
+    (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 4, 2), (128, 128, 8, 2),
+]
+DQ_CANDIDATES = [
+    (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3), (128, 32, 8, 3),
+    (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 4, 2), (128, 128, 8, 2),
+]
+
+
+def _autotuning() -> bool:
+    return device.HAS_TRITON and not device.TRITON_INTERPRET and os.environ.get("KERNELS_AUTOTUNE", "1") != "0"
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop candidates too big for the head dim: (128, 128) tiles at d >= 128 spill registers."""
+    BLOCK_D = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64))
+    kept = [c for c in configs if not (BLOCK_D >= 128 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] >= 128 * 128)]
+    return kept or configs
+
+
+if device.HAS_TRITON:
+
+    def _triton_configs(candidates):
+        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in candidates]
+
+    _KEY = ["N_KEY", "HEAD_DIM", "IS_CAUSAL", "PREC"]
+    _bwd_dkdv_tuned = triton.autotune(
+        _triton_configs(DKDV_CANDIDATES), key=_KEY, prune_configs_by={"early_config_prune": _prune}
+    )(_bwd_dkdv_kernel)
+    _bwd_dq_tuned = triton.autotune(
+        _triton_configs(DQ_CANDIDATES), key=_KEY, prune_configs_by={"early_config_prune": _prune}
+    )(_bwd_dq_kernel)
+
+
+# ------------------------------------------------------------------------------------------------
+# Python entry points
+# ------------------------------------------------------------------------------------------------
+def _check_inputs(q, k, v, O, L, dO, scale):
+    check_qkv(q, k, v, dtypes=_SUPPORTED)
+    check_scale(scale)
+    B, H, Nq, d = q.shape
+    if v.shape[-1] != d:
+        raise ValueError(f"value head dim must equal the query's d={d} for the Triton kernels, got value shape {tuple(v.shape)}")
+    check_tensor("O", O, dtypes=_SUPPORTED)
+    check_tensor("dO", dO, dtypes=_SUPPORTED)
+    check_tensor("L", L, ndim=3)
+    if tuple(O.shape) != (B, H, Nq, d):
+        raise ValueError(f"O must have shape (B, H, Nq, d) = {(B, H, Nq, d)}, got {tuple(O.shape)}")
+    if tuple(dO.shape) != tuple(O.shape):
+        raise ValueError(f"dO must have O's shape {tuple(O.shape)}, got {tuple(dO.shape)}")
+    if tuple(L.shape) != (B, H, Nq):
+        raise ValueError(f"L must have shape (B, H, Nq) = {(B, H, Nq)}, got {tuple(L.shape)}")
+    if O.dtype != q.dtype or dO.dtype != q.dtype:
+        raise TypeError(f"O and dO must have the inputs' dtype {q.dtype}, got O {O.dtype} and dO {dO.dtype}")
+    for name, t in (("O", O), ("dO", dO), ("L", L)):
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on {q.device} like query, got {t.device}")
+    if q.device.type == "cpu" and not device.TRITON_INTERPRET:
+        raise ValueError("CPU tensors need the Triton interpreter (TRITON_INTERPRET=1, set by importing kernels first)")
+    if q.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"tensors must be on cuda (or cpu under the interpreter), got {q.device}")
+
+
+def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The kernels take any batch/head/row strides but need the head dim contiguous."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config: BackwardConfig | None = None):
+    """(dQ, dK, dV) of O = attention(q, k, v) given the forward's O and L and the gradient dO.
+
+    q (B, H, Nq, d), k and v (B, H, Nk, d), O and dO (B, H, Nq, d) in float16, bfloat16 or float32;
+    L (B, H, Nq) the natural-log log-sum-exp from the forward (float32 preferred). Causal is
+    top-left (key j visible to query i when j <= i). Any Nq, Nk, any d (the kernels pad it to a
+    power of two). `config` pins the block sizes (else: autotuned on a GPU, CPU_CONFIG on the CPU).
+    Returns contiguous gradients in the inputs' dtype.
+    """
+    device.require_triton("attention_backward")
+    _check_inputs(q, k, v, O, L, dO, scale)
+    B, H, Nq, d = q.shape
+    Nk = k.shape[2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    dQ = torch.empty((B, H, Nq, d), dtype=q.dtype, device=q.device)  # (B, H, Nq, d)
+    dK = torch.empty((B, H, Nk, d), dtype=q.dtype, device=q.device)  # (B, H, Nk, d)
+    dV = torch.empty((B, H, Nk, d), dtype=q.dtype, device=q.device)  # (B, H, Nk, d)
+    if B * H == 0 or Nq == 0 or Nk == 0 or d == 0:
+        # no query, or no key: every row is fully masked, every gradient is zero
+        return dQ.zero_(), dK.zero_(), dV.zero_()
+    q, k, v, O, dO = (_rows_contiguous(t) for t in (q, k, v, O, dO))
+
+    BLOCK_D = max(16, triton.next_power_of_2(d))
+    D = torch.empty((B * H, Nq), dtype=torch.float32, device=q.device)  # (B·H, Nq)
+    Lg = torch.empty((B * H, Nq), dtype=torch.float32, device=q.device)  # (B·H, Nq), L in base 2
+    PRE_M = 64 if BLOCK_D <= 64 else 32
+    _bwd_preprocess_kernel[(triton.cdiv(Nq, PRE_M), B * H)](
+        O, dO, L, D, Lg,
+        O.stride(0), O.stride(1), O.stride(2),
+        dO.stride(0), dO.stride(1), dO.stride(2),
+        L.stride(0), L.stride(1), L.stride(2),
+        H, Nq, HEAD_DIM=d, BLOCK_M=PRE_M, BLOCK_D=BLOCK_D,
+    )
+
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 inputs: full-precision products
+    qk_scale = scale * LOG2E
+    N_KEY = triton.next_power_of_2(max(Nq, Nk))  # autotuning bucket
+    args = (
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        dO.stride(0), dO.stride(1), dO.stride(2),
+        H, Nq, Nk, qk_scale, scale, N_KEY,
+    )
+    meta = dict(HEAD_DIM=d, BLOCK_D=BLOCK_D, IS_CAUSAL=bool(is_causal), PREC=prec)
+    if config is None and _autotuning():
+        grid1 = lambda META: (triton.cdiv(Nk, META["BLOCK_N"]), B * H)
+        grid2 = lambda META: (triton.cdiv(Nq, META["BLOCK_M"]), B * H)
+        _bwd_dkdv_tuned[grid1](q, k, v, dO, Lg, D, dK, dV, *args, **meta)
+        _bwd_dq_tuned[grid2](q, k, v, dO, Lg, D, dQ, *args, **meta)
+    else:
+        if config is None:
+            config = CPU_CONFIG if device.TRITON_INTERPRET else GPU_DEFAULT
+        m1, n1, w1, s1 = config.dkdv
+        m2, n2, w2, s2 = config.dq
+        _bwd_dkdv_kernel[(triton.cdiv(Nk, n1), B * H)](
+            q, k, v, dO, Lg, D, dK, dV, *args, **meta, BLOCK_M=m1, BLOCK_N=n1, num_warps=w1, num_stages=s1
+        )
+        _bwd_dq_kernel[(triton.cdiv(Nq, m2), B * H)](
+            q, k, v, dO, Lg, D, dQ, *args, **meta, BLOCK_M=m2, BLOCK_N=n2, num_warps=w2, num_stages=s2
+        )
+    return dQ, dK, dV
+
+
+def tuned_configs() -> dict:
+    """The configurations the autotuner picked so far, per key (for benchmarks and notes)."""
+    if not _autotuning():
+        return {}
+    out = {}
+    for name, tuner in (("dkdv", _bwd_dkdv_tuned), ("dq", _bwd_dq_tuned)):
+        out[name] = {str(k): str(v) for k, v in tuner.cache.items()}
+    return out
+
+
+class FlashAttention(torch.autograd.Function):
+    """Attention with the course's Triton forward and backward.
+
+    Saves exactly Q, K, V, O and L for the backward: O(N·d) memory per head, nothing N×N.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal, scale):
+        from .triton_forward import attention_forward  # lesson 03's Triton forward
+
+        O, L = attention_forward(q, k, v, is_causal=is_causal, scale=scale)
+        ctx.save_for_backward(q, k, v, O, L)
+        ctx.is_causal, ctx.scale = is_causal, scale
+        return O
+
+    @staticmethod
+    def backward(ctx, dO):
+        q, k, v, O, L = ctx.saved_tensors
+        dQ, dK, dV = attention_backward(q, k, v, O, L, dO, is_causal=ctx.is_causal, scale=ctx.scale)
+        return dQ, dK, dV, None, None
+
+
+def flash_attention(q, k, v, is_causal=False, scale=None):
+    """Differentiable attention (B, H, N, d) -> (B, H, Nq, d) with the course's Triton kernels."""
+    device.require_triton("flash_attention")
+    check_qkv(q, k, v, dtypes=_SUPPORTED)
+    check_scale(scale)
+    return FlashAttention.apply(q, k, v, bool(is_causal), scale)
