@@ -217,3 +217,15 @@ def test_parse_sizes():
     assert bench.parse_sizes("none") == []
     with pytest.raises(Exception):
         bench.parse_sizes("1q")
+
+
+def test_traffic_model_agrees_with_the_memory_model_of_lesson_01():
+    mm = pytest.importorskip("kernels.memory_model")
+    B, H, N, d = 2, 3, 1024, 64
+    # forward, non-causal: the two models count the same bytes
+    assert bench.hbm_bytes("naive", "fwd", N, d, B=B, H=H) == mm.standard_attention_hbm_bytes(B, H, N, d, torch.float16)
+    assert bench.hbm_bytes("flash", "fwd", N, d, B=B, H=H, B_r=128) == mm.flash_attention_hbm_bytes(
+        B, H, N, d, torch.float16, B_r=128, B_c=128, order="fa2")
+    for direction, pass_ in zip(bench.DIRECTIONS, ("forward", "backward", "forward+backward")):
+        for causal in (False, True):
+            assert bench.attention_flops(B, H, N, d, causal, direction) == mm.attention_flops(B, H, N, d, causal=causal, pass_=pass_)
