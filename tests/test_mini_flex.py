@@ -1,0 +1,240 @@
+"""The mini-Flex (kernels.mini_flex): the course's Triton kernels with a score_mod, a mask_mod
+and block skipping.
+
+CPU: under the Triton interpreter on small shapes, forward (O and L) and backward (dQ, dK, dV
+and a learnable bias table) against the materialised float64 reference, with tolerances that are
+a multiple of the same-dtype naive error; block skipping and the full-block path are checked by
+construction. GPU (`gpu` marker, the lent H100): forward and backward against flex_attention for
+every pattern, at least as accurate as FlexAttention itself.
+"""
+
+import math
+
+import pytest
+import torch
+
+from kernels import device
+from kernels import flex_patterns as fp
+from kernels import mini_flex as mf
+from kernels.grading.core import tolerance
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
+    pytest.mark.skipif(not device.HAS_TRITON, reason="triton is not installed on this platform"),
+]
+
+CPU = torch.device("cpu")
+
+
+def run_both(q, k, v, p, dO):
+    """(O, L, grads) of the mini-Flex, and the float64 ground truth and the same-dtype naive
+    answer of the materialised reference."""
+    qs, ks, vs = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    O, L = mf.mini_flex_attention(qs, ks, vs, p, return_lse=True)
+    O.backward(dO)
+    got = [O, L, qs.grad, ks.grad, vs.grad]
+    if p is not None and p.learnable:
+        got.append(p.score_buffer.grad)
+        p.score_buffer.grad = None
+
+    def reference(dtype):
+        tq, tk, tv = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+        pd = p
+        table = None
+        if p is not None and p.learnable:
+            table = p.score_buffer.detach().to(torch.float64 if dtype == torch.float64 else torch.float32)
+            table.requires_grad_()
+            pd = fp.relative_bias(table, causal=p.params["causal"])
+        O, L = fp.reference_attention(tq, tk, tv, pd, return_lse=True)
+        O.backward(dO.to(dtype))
+        out = [O, L, tq.grad, tk.grad, tv.grad]
+        if table is not None:
+            out.append(table.grad)
+        return out
+
+    return got, reference(torch.float64), reference(q.dtype)
+
+
+NAMES = ["O", "L", "dQ", "dK", "dV", "dtable"]
+
+
+def assert_matches(label, got, want64, naive, dtype, factor=2.0):
+    for name, g, w, n in zip(NAMES, got, want64, naive):
+        tol = tolerance(w, n, dtype, factor=factor)
+        finite = torch.isfinite(w)
+        assert torch.equal(torch.isneginf(g), torch.isneginf(w)), f"{label}: {name} -inf pattern differs"
+        err = (g.double() - w)[finite].abs().max().item() if finite.any() else 0.0
+        assert err <= tol, f"{label}: {name} max error {err:.3g} > tolerance {tol:.3g}"
+
+
+@pytest.mark.parametrize("N", [37, 64])
+def test_every_pattern_forward_and_backward_under_the_interpreter(N):
+    """37: ragged (N not a multiple of the 32-wide sparse blocks nor of the 16-wide tiles);
+    64: every block whole (the EVEN path, no bounds checks)."""
+    g = torch.Generator().manual_seed(N)
+    B, H, d = 1, 2, 16
+    for name, p in fp.example_patterns(N, H=H, learnable=True, seed=N).items():
+        q, k, v, dO = (torch.randn(B, H, N, d, generator=g) for _ in range(4))
+        got, want, naive = run_both(q, k, v, p, dO)
+        assert got[0].shape == (B, H, N, d) and got[1].shape == (B, H, N) and got[1].dtype == torch.float32
+        assert_matches(f"{name} N={N}", got, want, naive, torch.float32)
+
+
+def test_queries_and_keys_of_different_lengths():
+    g = torch.Generator().manual_seed(3)
+    B, H, d = 2, 2, 16
+    for Nq, Nk in ((20, 45), (45, 20)):
+        for name, p in fp.example_patterns(max(Nq, Nk), H=H, names=("causal", "sliding_window", "alibi", "softcap")).items():
+            q, dO = (torch.randn(B, H, Nq, d, generator=g) for _ in range(2))
+            k, v = (torch.randn(B, H, Nk, d, generator=g) for _ in range(2))
+            got, want, naive = run_both(q, k, v, p, dO)
+            assert_matches(f"{name} ({Nq}, {Nk})", got, want, naive, torch.float32)
+
+
+def test_fully_masked_rows_give_zero_and_minus_infinity():
+    """Sliding window with Nq > Nk: queries past Nk + window see no key at all."""
+    g = torch.Generator().manual_seed(4)
+    p = fp.sliding_window(3)
+    q, dO = (torch.randn(1, 2, 50, 16, generator=g) for _ in range(2))
+    k, v = (torch.randn(1, 2, 20, 16, generator=g) for _ in range(2))
+    got, want, naive = run_both(q, k, v, p, dO)
+    assert torch.isneginf(got[1][..., 23:]).all() and (got[0][..., 23:, :] == 0).all()
+    assert all(torch.isfinite(t).all() for t in got[2:])
+    assert_matches("fully masked rows", got, want, naive, torch.float32)
+
+
+def test_float16_and_head_dims_that_are_not_powers_of_two():
+    g = torch.Generator().manual_seed(5)
+    for dtype, d in ((torch.float16, 32), (torch.float32, 24)):
+        p = fp.causal_sliding_window(9)
+        q, k, v, dO = (torch.randn(2, 2, 40, d, generator=g).to(dtype) for _ in range(4))
+        got, want, naive = run_both(q, k, v, p, dO)
+        assert got[0].dtype == dtype and got[2].dtype == dtype
+        assert_matches(f"{dtype} d={d}", got, want, naive, dtype)
+
+
+def test_torch_block_mask_gives_the_same_answer():
+    """torch's BlockMask (create_block_mask, any block size the tiles divide) drives the kernel
+    exactly like the mini-Flex's own."""
+    g = torch.Generator().manual_seed(6)
+    N = 48
+    p = fp.example_patterns(N, H=2, names=("document",), seed=2)["document"]
+    q, k, v = (torch.randn(1, 2, N, 16, generator=g) for _ in range(3))
+    ours = mf.mini_flex_attention(q, k, v, p)
+    for block in (16, 32, 128):
+        theirs = mf.mini_flex_attention(q, k, v, p, block_mask=p.block_mask(1, 2, N, N, "cpu", BLOCK_SIZE=block))
+        assert torch.allclose(ours, theirs, atol=1e-6), block
+
+
+def test_empty_blocks_are_never_read():
+    """Poison (NaN) the keys and values of the last two 32-key blocks: query block 0 of a narrow
+    sliding window lists only key blocks 0 and 1, so its output must be finite and right."""
+    g = torch.Generator().manual_seed(7)
+    N = 128
+    p = fp.sliding_window(5)
+    q, k, v = (torch.randn(1, 1, N, 16, generator=g) for _ in range(3))
+    want = fp.reference_attention(q.double(), k.double(), v.double(), p)
+    k[:, :, 64:] = float("nan")
+    v[:, :, 64:] = float("nan")
+    O = mf.mini_flex_attention(q, k, v, p)
+    assert torch.isfinite(O[:, :, :32]).all()
+    assert torch.allclose(O[:, :, :32].double(), want[:, :, :32], atol=1e-5)
+    bm = mf.build_block_mask(p, 1, 1, N, N, (32, 32))
+    assert bm.kv_num_blocks[0, 0, 0] + bm.full_kv_num_blocks[0, 0, 0] == 2
+
+
+def test_mask_mod_is_skipped_on_full_blocks():
+    """A block mask that (wrongly) calls every block full makes the kernel skip the mask_mod
+    everywhere: the causal pattern then gives plain, unmasked attention. This is the full-block
+    fast path at work."""
+    g = torch.Generator().manual_seed(8)
+    N = 64
+    q, k, v = (torch.randn(1, 1, N, 16, generator=g) for _ in range(3))
+    all_full = mf.block_mask_from_dense(torch.ones(1, 1, N, N, dtype=torch.bool), (32, 32))
+    O = mf.mini_flex_attention(q, k, v, fp.causal(), block_mask=all_full)
+    assert torch.allclose(O.double(), fp.reference_attention(q.double(), k.double(), v.double()), atol=1e-5)
+    partial = mf.block_mask_from_dense(fp.causal().dense_mask(1, 1, N, N), (32, 32))
+    O2 = mf.mini_flex_attention(q, k, v, fp.causal(), block_mask=partial)
+    assert torch.allclose(O2.double(), fp.reference_attention(q.double(), k.double(), v.double(), fp.causal()), atol=1e-5)
+
+
+def test_answer_does_not_depend_on_the_tiles():
+    g = torch.Generator().manual_seed(9)
+    p = fp.example_patterns(64, H=2, names=("global_local",))["global_local"]
+    q, k, v = (torch.randn(1, 2, 64, 16, generator=g) for _ in range(3))
+    a = mf.mini_flex_attention(q, k, v, p, config=mf.ForwardConfig(16, 16))
+    b = mf.mini_flex_attention(q, k, v, p, config=mf.ForwardConfig(32, 32))
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_bad_inputs_are_rejected_with_clear_errors():
+    q = torch.randn(1, 2, 32, 16)
+    with pytest.raises(TypeError, match="pattern"):
+        mf.mini_flex_attention(q, q, q, pattern="causal")
+    with pytest.raises(TypeError, match="bfloat16"):
+        mf.mini_flex_attention(q.bfloat16(), q.bfloat16(), q.bfloat16(), fp.causal())
+    with pytest.raises(TypeError, match="dtype"):
+        mf.mini_flex_attention(q.double(), q.double(), q.double(), fp.causal())
+    with pytest.raises(ValueError, match="key head dim"):
+        mf.mini_flex_attention(q, torch.randn(1, 2, 32, 8), torch.randn(1, 2, 32, 8))
+    with pytest.raises(ValueError, match="length"):
+        mf.mini_flex_attention(q, q, q, fp.document(torch.zeros(31, dtype=torch.int32)))
+    with pytest.raises(ValueError, match="block_mask was built"):
+        mf.mini_flex_attention(q, q, q, fp.causal(), block_mask=mf.build_block_mask(fp.causal(), 1, 2, 64, 64, 32))
+    with pytest.raises(ValueError, match="BLOCK_M"):
+        mf.mini_flex_attention(q, q, q, fp.causal(), config=mf.ForwardConfig(64, 16))
+    with pytest.raises(ValueError, match="scale"):
+        mf.mini_flex_attention(q, q, q, scale=-1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU: against flex_attention itself
+# ------------------------------------------------------------------------------------------------
+def flex_run(q, k, v, p, dO, compiled):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    fn = torch.compile(flex_attention) if compiled else flex_attention
+    B, H, Nq, _ = q.shape
+    Nk = k.shape[2]
+    bm = p.block_mask(B, H, Nq, Nk, q.device) if p.has_mask else None
+    qs, ks, vs = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    O, L = fn(qs, ks, vs, score_mod=p.score_mod, block_mask=bm, return_lse=True)
+    O.backward(dO)
+    return [O, L, qs.grad, ks.grad, vs.grad], bm
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N", [1000, 1024])
+def test_gpu_every_pattern_matches_flex_attention(N):
+    """fp16, forward and backward, against FlexAttention (compiled for a few patterns, eager for
+    all): the mini-Flex's error against the float64 truth is at most twice FlexAttention's own."""
+    dev = torch.device("cuda")
+    B, H, d = 2, 4, 64
+    g = torch.Generator(device=dev).manual_seed(N)
+    for name, p in fp.example_patterns(N, H=H, device=dev, learnable=True, seed=N).items():
+        q, k, v, dO = (torch.randn(B, H, N, d, device=dev, generator=g, dtype=torch.float16) for _ in range(4))
+        got, want, naive = run_both(q, k, v, p, dO)
+        for compiled in ((False, True) if name in ("causal", "document", "softcap", "sliding_window") else (False,)):
+            theirs, bm = flex_run(q, k, v, p, dO, compiled)
+            for i, label in enumerate(NAMES[:5]):
+                tol = tolerance(want[i], theirs[i], torch.float16, factor=2.0)
+                finite = torch.isfinite(want[i])
+                err = (got[i].double() - want[i])[finite].abs().max().item()
+                assert err <= tol, f"{name} N={N} compiled={compiled}: {label} error {err:.3g} > {tol:.3g} (2x flex's)"
+            if bm is not None:  # the same BlockMask object drives the mini-Flex to the same answer
+                again = mf.mini_flex_attention(q, k, v, p, block_mask=bm)
+                assert (again.float() - got[0].float()).abs().max().item() < 1e-2
+        if p.learnable:
+            tol = tolerance(want[5], naive[5], torch.float16)
+            assert (got[5].double() - want[5]).abs().max().item() <= tol, f"{name}: dtable"
+
+
+@pytest.mark.gpu
+def test_gpu_bfloat16_and_head_dim_128():
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(1)
+    p = fp.causal()
+    q, k, v, dO = (torch.randn(2, 4, 777, 128, device=dev, generator=g, dtype=torch.bfloat16) for _ in range(4))
+    got, want, naive = run_both(q, k, v, p, dO)
+    assert_matches("bf16 d=128", got, want, naive, torch.bfloat16, factor=3.0)
+    assert math.isfinite(float(got[0].float().sum()))
