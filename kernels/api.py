@@ -23,7 +23,8 @@ The signature and the semantics are torch.nn.functional.scaled_dot_product_atten
 
 Differences from torch, on purpose:
 
-* Rows whose every key is masked give O = 0 (torch's math path gives NaN) and zero gradients.
+* Rows whose every key is masked give O = 0 and zero gradients, never NaN (torch 2.13 on a CPU
+  gives 0 as well; other torch versions and backends have returned NaN there).
 * NaN/inf policy: inputs are not scanned by default (that costs a pass over memory and a device
   sync). Non-finite values propagate as in torch: a NaN or inf in key/value row j reaches every
   output row that attends to j, one in query row i reaches row i. In an additive mask -inf means
@@ -40,8 +41,9 @@ Backends (`backend=`, or AttentionConfig.backend):
                  every feature, any device; float16/bfloat16 computed in float32. The CPU default.
     "tiled"      kernels.tiled_backward.tiled_attention (lessons 03-04 in PyTorch): causal and
                  scale only (no attn_mask, dropout or GQA).
-    "cuda"       lesson 03's CUDA C++ forward (kernels.cuda_kernels) with the Triton backward of
-                 lesson 04: needs a GPU; causal and scale only, d_v == d.
+    "cuda"       the CUDA C++ forward and backward of lessons 03-04 (kernels.cuda_kernels.attention):
+                 needs a GPU; causal and scale only, d_v == d, the dtypes and head dims of
+                 cuda_kernels.SUPPORT (its own errors say which).
 
 A backend that cannot run the call raises a ValueError (or RuntimeError for missing hardware)
 that says why and which backend can.
@@ -302,29 +304,6 @@ def _run_cuda(q, k, v, attn_mask, dropout_p, is_causal, scale):
         from . import cuda_kernels
     except ImportError as e:  # pragma: no cover - depends on the CUDA lesson's module
         raise RuntimeError(f"backend='cuda' needs kernels.cuda_kernels, which failed to import: {e}") from e
-    return _CudaAttention.apply(q, k, v, bool(is_causal), scale, cuda_kernels)
-
-
-class _CudaAttention(torch.autograd.Function):
-    """Lesson 03's CUDA C++ forward, lesson 04's Triton backward (from the forward's O and L)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, is_causal, scale, cuda_kernels):
-        out = cuda_kernels.forward(q, k, v, is_causal=is_causal, scale=scale)
-        O, L = out if isinstance(out, tuple) else (out, None)
-        if L is None:  # a forward that returns O alone: get L from the Triton forward
-            from .triton_forward import attention_forward
-
-            _, L = attention_forward(q, k, v, is_causal=is_causal, scale=scale)
-        ctx.save_for_backward(q, k, v, O, L)
-        ctx.is_causal, ctx.scale = is_causal, scale
-        return O
-
-    @staticmethod
-    def backward(ctx, dO):
-        from .triton_backward import attention_backward
-
-        q, k, v, O, L = ctx.saved_tensors
-        dQ, dK, dV = attention_backward(q, k, v, O, L.float(), dO.contiguous(), is_causal=ctx.is_causal,
-                                        scale=ctx.scale)
-        return dQ, dK, dV, None, None, None
+    # lessons 03-04's CUDA C++ forward and backward; they raise their own errors for the dtypes
+    # and head dims they do not cover (see cuda_kernels.SUPPORT)
+    return cuda_kernels.attention(q, k, v, is_causal=bool(is_causal), scale=scale)

@@ -443,3 +443,9 @@ def test_triton_gpu_matches_torch(case, dtype):
 @pytest.mark.gpu
 def test_default_backend_is_triton_on_gpu():
     assert api.resolve_backend(None, torch.zeros(1, device="cuda")) == "triton"
+
+
+@pytest.mark.gpu
+def test_cuda_backend_matches_torch():
+    """backend='cuda': the CUDA C++ kernels of lessons 03-04 (builds the extension the first time)."""
+    check_case(Case("plain", 2, 4, 4, 200, 200, 64, 64, causal=True), "cuda", torch.float16, device="cuda")
