@@ -611,6 +611,7 @@ class Config:
     rep_ms: float = 100.0
     baselines: list[str] = dataclasses.field(default_factory=lambda: list(GPU_BASELINES))
     plots: bool = True
+    max_call_ms: float = 1000.0  # a configuration slower than this per call is not timed at larger N
     ceilings: bool = False
     smoke: bool = False
 
@@ -767,6 +768,9 @@ class Bench:
                 rec["ms"] = time_ms(fn, dev, cfg.warmup_ms, cfg.rep_ms)
                 rec["tflops"] = rec["flops"] / (rec["ms"] * 1e-3) / 1e12
                 rec["status"] = "ok"
+                if cfg.max_call_ms and rec["ms"] > cfg.max_call_ms and sweep == "speed":
+                    # larger N only gets slower: spare the sweep (do_bench runs a call 5+ times)
+                    self.failed[key] = f"not timed: {rec['ms']:.0f} ms per call at N={N} (over --max-call-ms {cfg.max_call_ms:g})"
         except _Wrong as e:
             msg = str(e)
             rec.update(status="wrong", message=msg)
@@ -1140,6 +1144,47 @@ def write_plots(data: dict, out_dir: str, name: str) -> list[str]:
     return paths
 
 
+def merge_reports(paths: list[str], out_dir: str, name: str, baselines: list[str] | None = None, plots: bool = True) -> dict:
+    """Merge result files of several runs (e.g. one per dtype or head dim, to keep each run short)
+    into one JSON, table and set of plots. Refuses runs from different devices or versions, since
+    ratios are only meaningful within one machine and one software stack."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    if not runs:
+        raise ValueError("--report needs at least one JSON file")
+    stack = lambda r: (r.get("device", {}).get("name"), r.get("torch"), r.get("triton"), r.get("cuda"))
+    if len({stack(r) for r in runs}) != 1:
+        raise ValueError("the runs come from different devices or versions: " + "; ".join(
+            f"{p}: {stack(r)}" for p, r in zip(paths, runs)))
+    first = runs[0]
+    baselines = baselines or first.get("config", {}).get("baselines") or list(GPU_BASELINES)
+    results = [r for run in runs for r in run["results"]]
+    data = {k: first[k] for k in ("tool", "schema", "python", "torch", "cuda", "triton", "cudnn", "host", "device", "conventions") if k in first}
+    data.update(
+        complete=all(r.get("complete") for r in runs),
+        smoke=any(r.get("smoke") for r in runs),
+        note="; ".join(sorted({r.get("note", "") for r in runs} - {""})),
+        merged_from=[{"file": os.path.basename(p), "date": r.get("date"), "argv": r.get("argv")} for p, r in zip(paths, runs)],
+        date=max(r.get("date", "") for r in runs),
+        config={"baselines": baselines},
+        baselines=baselines,
+        ceilings=next((r["ceilings"] for r in runs if r.get("ceilings")), None),
+        providers={k: v for r in runs for k, v in r.get("providers", {}).items()},
+        checks=[c for r in runs for c in r.get("checks", [])],
+        results=results,
+        ratios=ratios(results, baselines),
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    if plots:
+        for path in write_plots(data, out_dir, name):
+            print(f"plot: {path}")
+    return data
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
@@ -1197,7 +1242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol-factor", type=float, default=3.0, help="tolerance = this x same-dtype naive error + ulps")
     p.add_argument("--warmup-ms", type=float, default=None)
     p.add_argument("--rep-ms", type=float, default=None)
+    p.add_argument("--max-call-ms", type=float, default=1000.0,
+                   help="a provider slower than this per call is not timed at larger N (0: no limit)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--report", nargs="+", metavar="JSON",
+                   help="no measuring: merge these result files (e.g. one per dtype) into --out/--name JSON, table and plots")
     p.add_argument("--ceilings", action="store_true", help="also measure HBM copy bandwidth and matmul TFLOP/s first")
     p.add_argument("--roofline", action="store_true", help="print the arithmetic-intensity table and exit")
     p.add_argument("--list-providers", action="store_true")
@@ -1249,6 +1298,7 @@ def config_from_args(args) -> Config:
         rep_ms=args.rep_ms if args.rep_ms is not None else rep,
         baselines=split(args.baselines) if args.baselines else list(baselines),
         plots=not args.no_plots,
+        max_call_ms=args.max_call_ms,
         ceilings=args.ceilings,
         smoke=cpu or args.smoke,
     )
@@ -1264,6 +1314,11 @@ def main(argv: list[str] | None = None) -> int:
         Ns = parse_sizes(args.n) if args.n else [1024, 4096, 16384]
         ds = [int(x) for x in args.d.split(",")] if args.d else [64, 128]
         print(roofline_table(Ns, ds))
+        return 0
+    if args.report:
+        data = merge_reports(args.report, args.out, args.name or "bench_merged",
+                             args.baselines.split(",") if args.baselines else None, plots=not args.no_plots)
+        print(format_table(data["results"], data["baselines"], list(PROVIDERS)))
         return 0
     cfg = config_from_args(args)
     data = Bench(cfg).run()

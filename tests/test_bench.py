@@ -229,3 +229,22 @@ def test_traffic_model_agrees_with_the_memory_model_of_lesson_01():
     for direction, pass_ in zip(bench.DIRECTIONS, ("forward", "backward", "forward+backward")):
         for causal in (False, True):
             assert bench.attention_flops(B, H, N, d, causal, direction) == mm.attention_flops(B, H, N, d, causal=causal, pass_=pass_)
+
+
+def test_report_merges_runs_of_one_machine_and_refuses_mixed_ones(tmp_path):
+    def run_file(name, dtype, device_name="H100", tflops=100.0):
+        rec = dict(sweep="speed", provider="sdpa-flash", dtype=dtype, direction="fwd", d=64, causal=False, B=4, H=32,
+                   N=1024, status="ok", tflops=tflops, ms=1.0, peak_bytes=None, message="")
+        data = {"device": {"type": "cuda", "name": device_name}, "torch": "2.11", "triton": "3.6", "cuda": "12.8",
+                "date": "2026-01-01T00:00:00", "complete": True, "results": [rec, rec | {"provider": "flex", "tflops": 2 * tflops}]}
+        path = tmp_path / name
+        path.write_text(json.dumps(data))
+        return str(path)
+
+    a, b = run_file("a.json", "fp16"), run_file("b.json", "bf16")
+    merged = bench.merge_reports([a, b], str(tmp_path), "m", plots=False)
+    assert len(merged["results"]) == 4 and merged["device"]["name"] == "H100"
+    assert json.loads((tmp_path / "m.json").read_text())["results"] == merged["results"]
+    assert sorted(r["ratio"] for r in merged["ratios"]) == [0.5, 0.5, 2.0, 2.0]  # flex / flash, flash / flex
+    with pytest.raises(ValueError, match="different devices"):
+        bench.merge_reports([a, run_file("c.json", "fp16", device_name="A100")], str(tmp_path), "m2", plots=False)
