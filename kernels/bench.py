@@ -880,7 +880,7 @@ class Bench:
 
     def progress_line(self, r: dict) -> str:
         head = (f"[{self.count:>4}/{self.total}] {r['sweep']:6s} {r['dtype']} d={r['d']:<3} "
-                f"{'causal' if r['causal'] else 'full  '} {r['direction']:7s} B={r['B']} H={r['H']} N={r['N']:<6} {r['provider']:15s}")
+                f"{'causal' if r['causal'] else 'non-causal':10s} {r['direction']:7s} B={r['B']} H={r['H']} N={r['N']:<6} {r['provider']:15s}")
         if r["status"] == "ok":
             mem = "" if r["peak_bytes"] is None else f"  peak +{_fmt_bytes(r['peak_bytes'])}"
             tf = f"{r['tflops']:8.1f}" if r["tflops"] >= 1 else f"{r['tflops']:8.3g}"
