@@ -1,0 +1,358 @@
+// forward_v3_tuned.cu: FlashAttention forward on tensor cores, tuned (the v2 kernel, changed
+// where the profile of v2 says time goes). Diff it against forward_v2_tensor_core.cu.
+//
+// What changes from v2, and why:
+//   * Bigger query blocks: B_r = 128 instead of 64. Every K/V tile that a block loads is now
+//     used by twice as many query rows, which halves the K/V traffic from L2 into shared memory
+//     (at N = 8k, d = 128, v2 streams ~32 GB of K/V through L2 per forward pass).
+//   * Register blocking (kMTiles = 2): a warp owns 2 x 16 query rows, so every K or V fragment
+//     it loads with ldmatrix feeds 2 mma instead of 1: half the shared-memory reads per FLOP.
+//     Q no longer fits in registers then; it is re-read from shared memory each k-step.
+//   * K and V in separate cp.async groups: S = Q K_j^T starts as soon as K_j has landed, while
+//     V_j is still in flight; K_{j+1} streams in during the softmax and V_{j+1} during P V_j.
+//   * XOR-swizzled shared memory instead of padding: 16-byte chunk c of row r is stored at
+//     chunk c ^ (r % 8). The 8 rows an ldmatrix phase reads land in 8 different chunks (no bank
+//     conflicts), with no padding bytes (v2 wastes 6% to 25% of its shared memory on padding).
+//   * Causal: warps whose rows are all above a tile's keys skip the tile (in v2 they computed an
+//     all-masked S); query blocks are scheduled heaviest first (the last block of a causal row
+//     visits all tiles), so the last wave is made of short blocks, not long ones.
+//   * Epilogue through shared memory: each warp writes its normalised O tile to shared memory
+//     and then to global memory in 16-byte, fully coalesced stores (v2: 4-byte stores).
+//
+// Supports: float16 and bfloat16; head dims 64 and 128 (the swizzle needs 8 chunks of 16 bytes
+// per row, i.e. d a multiple of 64); any Nq, Nk; causal (top-left). Same alignment needs as v2.
+//
+// Compile alone (no torch needed):
+//     nvcc -std=c++17 -O3 -arch=sm_90 -c -Xptxas -v forward_v3_tuned.cu -o /dev/null
+#include "common.cuh"
+
+namespace flash {
+namespace v3 {
+
+// A tile configuration: kWarps warps, each owning kMTiles x 16 query rows; B_c keys per tile.
+template <int D_, int kWarps_, int kMTiles_, int B_c_, bool kSwizzle_ = true>
+struct Config {
+    static constexpr int D = D_;
+    static constexpr bool kSwizzle = kSwizzle_;
+    static constexpr int LD = kSwizzle ? D : D + 8;  // row stride in shared memory (elements)
+    static constexpr int kWarps = kWarps_;
+    static constexpr int kMTiles = kMTiles_;
+    static constexpr int B_c = B_c_;
+    static constexpr int kThreads = 32 * kWarps;
+    static constexpr int kWarpRows = 16 * kMTiles;
+    static constexpr int B_r = kWarps * kWarpRows;
+    static constexpr bool kQInRegisters = kMTiles == 1;
+    static constexpr size_t kSmemBytes = size_t(B_r + 4 * B_c) * LD * 2;  // Q + 2 x K + 2 x V
+    static_assert(!kSwizzle || D % 64 == 0, "the swizzle needs rows of a multiple of 8 chunks of 16 bytes");
+};
+
+// Offset (in elements) of row r, column c (c a multiple of 8) of a (rows, D) tile in shared
+// memory: swizzled (chunk c/8 stored at chunk (c/8) ^ (r % 8)), or padded (row stride D + 8).
+template <typename C>
+__device__ __forceinline__ int swz(int r, int c) {
+    if constexpr (C::kSwizzle)
+        return r * C::D + ((((c >> 3) ^ r) & 7) | ((c >> 3) & ~7)) * 8;
+    else
+        return r * C::LD + c;
+}
+
+template <typename T, typename C, int ROWS>
+__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row_stride, int row0, int N, int tid) {
+    constexpr int kChunks = C::D / 8;
+    static_assert(ROWS * kChunks % C::kThreads == 0, "every thread copies the same number of chunks");
+#pragma unroll
+    for (int it = 0; it < ROWS * kChunks / C::kThreads; ++it) {
+        const int idx = tid + it * C::kThreads;
+        const int r = idx / kChunks, c = (idx % kChunks) * 8;
+        const bool valid = row0 + r < N;
+        const T* g = valid ? src + (row0 + r) * row_stride + c : src;
+        cp_async_16(dst + swz<C>(r, c), g, valid);
+    }
+}
+
+template <typename T, typename C>
+__global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p) {
+    constexpr int D = C::D, B_r = C::B_r, B_c = C::B_c, kM = C::kMTiles;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* Q_s = reinterpret_cast<T*>(smem_raw);  // (B_r, D) swizzled
+    T* K_s = Q_s + B_r * C::LD;               // (2, B_c, D)
+    T* V_s = K_s + 2 * B_c * C::LD;           // (2, B_c, D)
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    // Causal: heaviest query blocks (last rows, most keys) first.
+    const int q_block = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    const int i0 = q_block * B_r;
+    const int b = blockIdx.y / p.H, h = blockIdx.y % p.H;
+    const T* Q = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+    const T* K = static_cast<const T*>(p.k) + b * p.k_batch_stride + h * p.k_head_stride;
+    const T* V = static_cast<const T*>(p.v) + b * p.v_batch_stride + h * p.v_head_stride;
+    T* O = static_cast<T*>(p.o) + b * p.o_batch_stride + h * p.o_head_stride;
+    float* L = p.lse + (size_t(b) * p.H + h) * p.Nq;
+
+    const int kv_end = p.causal ? min(p.Nk, min(p.Nq, i0 + B_r)) : p.Nk;
+    const int T_c = (kv_end + B_c - 1) / B_c;
+    const int warp_row_first = i0 + warp * C::kWarpRows;  // this warp's query rows
+    const int warp_row_last = warp_row_first + C::kWarpRows - 1;
+
+    // Three groups in flight: Q, K_0, V_0.
+    load_tile<T, C, B_r>(Q_s, Q, p.q_row_stride, i0, p.Nq, tid);
+    cp_async_commit();
+    if (T_c > 0) load_tile<T, C, B_c>(K_s, K, p.k_row_stride, 0, p.Nk, tid);
+    cp_async_commit();
+    if (T_c > 0) load_tile<T, C, B_c>(V_s, V, p.v_row_stride, 0, p.Nk, tid);
+    cp_async_commit();
+
+    // Q fragments of this warp: kept in registers when they fit (kMTiles = 1).
+    const T* Q_w = Q_s + warp * C::kWarpRows * C::LD;  // this warp's rows of Q_s
+    uint32_t q_frag[C::kQInRegisters ? D / 16 : 1][4];
+    if constexpr (C::kQInRegisters) {
+        cp_async_wait<2>();
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const int r = warp * 16 + lane % 16;
+            ldmatrix_x4(q_frag[kk], Q_s + swz<C>(r, kk * 16 + (lane / 16) * 8));
+        }
+    }
+
+    float o[kM][D / 8][4] = {};
+    float m[kM][2], ell[kM][2];
+#pragma unroll
+    for (int mi = 0; mi < kM; ++mi)
+        for (int r = 0; r < 2; ++r) m[mi][r] = -INFINITY, ell[mi][r] = 0.f;
+    const float scale_log2 = p.scale * kLog2e;
+
+    for (int j = 0; j < T_c; ++j) {
+        const int j0 = j * B_c;
+        const int nb = (j + 1) & 1;
+        cp_async_wait<1>();  // K_j has landed (V_j may still be in flight)
+        __syncthreads();     // for every thread; and everyone is done with K_{j-1}
+        if (j + 1 < T_c) load_tile<T, C, B_c>(K_s + nb * B_c * C::LD, K, p.k_row_stride, j0 + B_c, p.Nk, tid);
+        cp_async_commit();
+        const T* K_j = K_s + (j & 1) * B_c * C::LD;
+        const T* V_j = V_s + (j & 1) * B_c * C::LD;
+        // A causal warp whose last row is before the tile's first key has nothing to do here.
+        const bool active = !(p.causal && j0 > warp_row_last);
+
+        float s[kM][B_c / 8][4] = {};
+        if (active) {
+            // S = Q K_j^T; each K fragment feeds kMTiles mma.
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                uint32_t qa[kM][4];
+#pragma unroll
+                for (int mi = 0; mi < kM; ++mi) {
+                    if constexpr (C::kQInRegisters) {
+#pragma unroll
+                        for (int x = 0; x < 4; ++x) qa[mi][x] = q_frag[kk][x];
+                    } else {
+                        const int r = warp * C::kWarpRows + mi * 16 + lane % 16;
+                        ldmatrix_x4(qa[mi], Q_s + swz<C>(r, kk * 16 + (lane / 16) * 8));
+                    }
+                }
+#pragma unroll
+                for (int np = 0; np < B_c / 16; ++np) {
+                    uint32_t kb[4];
+                    const int r = np * 16 + (lane & 7) + (lane >> 4) * 8;
+                    ldmatrix_x4(kb, K_j + swz<C>(r, kk * 16 + ((lane >> 3) & 1) * 8));
+#pragma unroll
+                    for (int mi = 0; mi < kM; ++mi) {
+                        mma_16816<T>(s[mi][2 * np], qa[mi], kb[0], kb[1]);
+                        mma_16816<T>(s[mi][2 * np + 1], qa[mi], kb[2], kb[3]);
+                    }
+                }
+            }
+
+            const bool need_mask = j0 + B_c > p.Nk || (p.causal && j0 + B_c - 1 > warp_row_first);
+#pragma unroll
+            for (int mi = 0; mi < kM; ++mi) {
+                const int row0 = warp_row_first + mi * 16 + g;
+                if (need_mask) {
+#pragma unroll
+                    for (int nt = 0; nt < B_c / 8; ++nt)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const int col = j0 + nt * 8 + 2 * t + (e & 1);
+                            const int row = row0 + (e / 2) * 8;
+                            if (col >= p.Nk || (p.causal && col > row)) s[mi][nt][e] = -INFINITY;
+                        }
+                }
+                // Online softmax of rows g and g+8 of m-tile mi.
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    float m_tile = -INFINITY;
+#pragma unroll
+                    for (int nt = 0; nt < B_c / 8; ++nt)
+                        m_tile = fmaxf(m_tile, fmaxf(s[mi][nt][2 * r], s[mi][nt][2 * r + 1]));
+                    m_tile = quad_max(m_tile) * scale_log2;
+                    const float m_new = fmaxf(m[mi][r], m_tile);
+                    const float base = m_new == -INFINITY ? 0.f : m_new;
+                    const float alpha = exp2f(m[mi][r] - base);
+                    m[mi][r] = m_new;
+                    float row_sum = 0.f;
+#pragma unroll
+                    for (int nt = 0; nt < B_c / 8; ++nt) {
+                        s[mi][nt][2 * r] = exp2f(s[mi][nt][2 * r] * scale_log2 - base);
+                        s[mi][nt][2 * r + 1] = exp2f(s[mi][nt][2 * r + 1] * scale_log2 - base);
+                        row_sum += s[mi][nt][2 * r] + s[mi][nt][2 * r + 1];
+                    }
+                    ell[mi][r] = alpha * ell[mi][r] + row_sum;
+#pragma unroll
+                    for (int dt = 0; dt < D / 8; ++dt) {
+                        o[mi][dt][2 * r] *= alpha;
+                        o[mi][dt][2 * r + 1] *= alpha;
+                    }
+                }
+            }
+        }
+
+        cp_async_wait<1>();  // V_j has landed (K_{j+1} may still be in flight)
+        __syncthreads();
+        if (j + 1 < T_c) load_tile<T, C, B_c>(V_s + nb * B_c * C::LD, V, p.v_row_stride, j0 + B_c, p.Nk, tid);
+        cp_async_commit();
+
+        if (active) {
+            // O += P V_j; each V fragment feeds kMTiles mma.
+#pragma unroll
+            for (int ks = 0; ks < B_c / 16; ++ks) {
+                uint32_t a[kM][4];
+#pragma unroll
+                for (int mi = 0; mi < kM; ++mi) {
+                    a[mi][0] = pack2<T>(s[mi][2 * ks][0], s[mi][2 * ks][1]);
+                    a[mi][1] = pack2<T>(s[mi][2 * ks][2], s[mi][2 * ks][3]);
+                    a[mi][2] = pack2<T>(s[mi][2 * ks + 1][0], s[mi][2 * ks + 1][1]);
+                    a[mi][3] = pack2<T>(s[mi][2 * ks + 1][2], s[mi][2 * ks + 1][3]);
+                }
+#pragma unroll
+                for (int dp = 0; dp < D / 16; ++dp) {
+                    uint32_t vb[4];
+                    const int r = ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                    ldmatrix_x4_trans(vb, V_j + swz<C>(r, dp * 16 + (lane >> 4) * 8));
+#pragma unroll
+                    for (int mi = 0; mi < kM; ++mi) {
+                        mma_16816<T>(o[mi][2 * dp], a[mi], vb[0], vb[1]);
+                        mma_16816<T>(o[mi][2 * dp + 1], a[mi], vb[2], vb[3]);
+                    }
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();  // no copy of this thread is still writing shared memory ...
+    __syncthreads();     // ... nor of any other thread (with Nk = 0 the Q copies were never awaited)
+
+    // Epilogue: normalise, write L, stage O in this warp's rows of Q_s (only this warp reads
+    // them), then 16-byte coalesced stores.
+    T* O_w = const_cast<T*>(Q_w);
+#pragma unroll
+    for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float ell_row = quad_sum(ell[mi][r]);
+            const float inv = ell_row > 0.f ? 1.f / ell_row : 0.f;
+            const int local_row = mi * 16 + g + 8 * r;
+            const int row = warp_row_first + local_row;
+            if (t == 0 && row < p.Nq) L[row] = ell_row > 0.f ? (m[mi][r] + log2f(ell_row)) * kLn2 : -INFINITY;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt)
+                *reinterpret_cast<uint32_t*>(O_w + swz<C>(local_row, dt * 8) + 2 * t) =
+                    pack2<T>(o[mi][dt][2 * r] * inv, o[mi][dt][2 * r + 1] * inv);
+        }
+    __syncwarp();
+    constexpr int kChunks = D / 8;
+#pragma unroll
+    for (int it = 0; it < C::kWarpRows * kChunks / 32; ++it) {
+        const int idx = lane + it * 32;
+        const int r = idx / kChunks, c = (idx % kChunks) * 8;
+        const int row = warp_row_first + r;
+        if (row < p.Nq)
+            *reinterpret_cast<uint4*>(O + row * p.o_row_stride + c) = *reinterpret_cast<const uint4*>(O_w + swz<C>(r, c));
+    }
+}
+
+template <typename T, typename C>
+const char* launch(const FwdParams& p) {
+    auto kernel = forward_kernel<T, C>;
+    FLASH_CUDA_TRY(allow_smem(kernel, C::kSmemBytes));
+    const dim3 grid(cdiv(p.Nq, C::B_r), p.B * p.H);
+    kernel<<<grid, C::kThreads, C::kSmemBytes, static_cast<cudaStream_t>(p.stream)>>>(p);
+    FLASH_LAUNCH_CHECK(forward_kernel);
+    return "";
+}
+
+// The default configuration per head dim (chosen from the H100 sweep recorded in
+// benchmarks/results/cuda_h100.json), and the candidates the sweep times.
+using Default64 = Config<64, 4, 2, 64>;
+using Default128 = Config<128, 4, 2, 64>;
+
+template <typename T>
+const char* launch_default(const FwdParams& p) {
+    switch (p.d) {
+        case 64: return launch<T, Default64>(p);
+        case 128: return launch<T, Default128>(p);
+    }
+    return format_error("cuda forward v3 supports head dims 64, 128; got %d", p.d);
+}
+
+struct Candidate {
+    const char* name;
+    int d;
+    const char* (*run)(const FwdParams&);
+};
+
+template <typename C>
+const char* run_candidate(const FwdParams& p) {
+    if (p.dtype == DType::kFloat16) return launch<__half, C>(p);
+    if (p.dtype == DType::kBFloat16) return launch<__nv_bfloat16, C>(p);
+    return format_error("cuda forward v3 supports float16 and bfloat16; got %s", dtype_name(p.dtype));
+}
+
+const Candidate kCandidates[] = {
+    {"d64_w4_m2_bc64", 64, run_candidate<Config<64, 4, 2, 64>>},
+    {"d64_w4_m2_bc64_pad", 64, run_candidate<Config<64, 4, 2, 64, false>>},
+    {"d64_w4_m2_bc128_pad", 64, run_candidate<Config<64, 4, 2, 128, false>>},
+    {"d64_w8_m1_bc64", 64, run_candidate<Config<64, 8, 1, 64>>},
+    {"d64_w8_m1_bc128_pad", 64, run_candidate<Config<64, 8, 1, 128, false>>},
+    {"d64_w4_m1_bc64", 64, run_candidate<Config<64, 4, 1, 64>>},
+    {"d128_w4_m2_bc64", 128, run_candidate<Config<128, 4, 2, 64>>},
+    {"d128_w4_m2_bc64_pad", 128, run_candidate<Config<128, 4, 2, 64, false>>},
+    {"d128_w4_m2_bc32_pad", 128, run_candidate<Config<128, 4, 2, 32, false>>},
+    {"d128_w8_m1_bc64", 128, run_candidate<Config<128, 8, 1, 64>>},
+    {"d128_w8_m1_bc64_pad", 128, run_candidate<Config<128, 8, 1, 64, false>>},
+    {"d128_w4_m1_bc64", 128, run_candidate<Config<128, 4, 1, 64>>},
+};
+constexpr int kNumCandidates = sizeof(kCandidates) / sizeof(kCandidates[0]);
+
+}  // namespace v3
+
+static const char* check_v3(const FwdParams& p) {
+    if (p.B * p.H > 65535) return format_error("cuda forward v3 supports B*H up to 65535; got %d", p.B * p.H);
+    if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
+        return format_error("cuda forward v3 supports float16 and bfloat16 (tensor cores); got %s", dtype_name(p.dtype));
+    return nullptr;
+}
+
+const char* forward_v3(const FwdParams& p) {
+    if (p.d != 64 && p.d != 128) return format_error("cuda forward v3 supports head dims 64, 128; got %d", p.d);
+    if (const char* err = check_v3(p)) return err;
+    if (p.B * p.H == 0 || p.Nq == 0) return "";
+    return p.dtype == DType::kFloat16 ? v3::launch_default<__half>(p) : v3::launch_default<__nv_bfloat16>(p);
+}
+
+int forward_v3_num_configs() { return v3::kNumCandidates; }
+
+const char* forward_v3_config_name(int config) {
+    return config >= 0 && config < v3::kNumCandidates ? v3::kCandidates[config].name : "";
+}
+
+const char* forward_v3_config(const FwdParams& p, int config) {
+    if (config < 0 || config >= v3::kNumCandidates)
+        return format_error("cuda forward v3: config %d out of range [0, %d)", config, v3::kNumCandidates);
+    const v3::Candidate& c = v3::kCandidates[config];
+    if (p.d != c.d) return format_error("cuda forward v3 config %s is for head dim %d; got %d", c.name, c.d, p.d);
+    if (const char* err = check_v3(p)) return err;
+    if (p.B * p.H == 0 || p.Nq == 0) return "";
+    return c.run(p);
+}
+
+}  // namespace flash
