@@ -114,6 +114,7 @@ if device.HAS_TRITON:
         """
         offs_m0 = tl.arange(0, BLOCK_M)
         for start_m in range(lo, hi, BLOCK_M):
+            start_m = tl.multiple_of(start_m, BLOCK_M)
             offs_m = start_m + offs_m0
             q = _load_tile(Q + offs_m[:, None] * stride_qm + offs_d[None, :], offs_m, Nq, offs_d,
                            HEAD_DIM, BLOCK_D, MASK)  # (B_r, d)
@@ -154,6 +155,7 @@ if device.HAS_TRITON:
         """
         offs_n0 = tl.arange(0, BLOCK_N)
         for start_n in range(lo, hi, BLOCK_N):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
             offs_n = start_n + offs_n0
             k = _load_tile(K + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n, Nk, offs_d,
                            HEAD_DIM, BLOCK_D, MASK)  # (B_c, d)
@@ -171,7 +173,7 @@ if device.HAS_TRITON:
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)  # dQ_i += dS K_j
         return dq
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["Nq", "Nk", "N_KEY"])
     def _bwd_dkdv_kernel(
         Q, K, V, dO, Lg, D, dK, dV,
         stride_qb, stride_qh, stride_qm,
@@ -223,7 +225,7 @@ if device.HAS_TRITON:
         tl.store(dK + out, dk.to(dK.dtype.element_ty), mask=ok)
         tl.store(dV + out, dv.to(dV.dtype.element_ty), mask=ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["Nq", "Nk", "N_KEY"])
     def _bwd_dq_kernel(
         Q, K, V, dO, Lg, D, dQ,
         stride_qb, stride_qh, stride_qm,
@@ -298,16 +300,15 @@ class BackwardConfig:
 
 #: The one configuration used under the interpreter (and the GPU fallback without autotuning).
 CPU_CONFIG = BackwardConfig(16, 32, 4, 1, 32, 16, 4, 1)
-GPU_DEFAULT = BackwardConfig(64, 128, 8, 2, 128, 64, 8, 2)
+GPU_DEFAULT = BackwardConfig(64, 128, 8, 2, 128, 64, 8, 2)  # d <= 64
+GPU_DEFAULT_D128 = BackwardConfig(32, 64, 4, 3, 64, 32, 4, 3)  # d > 64: smaller tiles, fewer registers
 
 #: (B_r, B_c, warps, stages) candidates for the H100, for each kernel.
 DKDV_CANDIDATES = [
-    (64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3), (32, 128, 8, 3),
-    (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 4, 2), (128, 128, 8, 2),
+    (32, 128, 4, 3), (32, 128, 4, 5), (64, 128, 8, 3), (64, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2),
 ]
 DQ_CANDIDATES = [
-    (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3), (128, 32, 8, 3),
-    (64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 4, 2), (128, 128, 8, 2),
+    (128, 32, 4, 3), (128, 32, 4, 5), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2),
 ]
 
 
@@ -370,6 +371,79 @@ def _rows_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+class _Problem:
+    """Everything the two main kernels need, prepared once: the gradient buffers, D and L·log2 e
+    from the preprocessing kernel, the strides and the compile-time constants."""
+
+    def __init__(self, q, k, v, O, L, dO, is_causal, scale):
+        B, H, Nq, d = q.shape
+        Nk = k.shape[2]
+        self.B, self.H, self.Nq, self.Nk, self.d = B, H, Nq, Nk, d
+        self.scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+        self.dQ = torch.empty((B, H, Nq, d), dtype=q.dtype, device=q.device)  # (B, H, Nq, d)
+        self.dK = torch.empty((B, H, Nk, d), dtype=q.dtype, device=q.device)  # (B, H, Nk, d)
+        self.dV = torch.empty((B, H, Nk, d), dtype=q.dtype, device=q.device)  # (B, H, Nk, d)
+        self.empty = B * H == 0 or Nq == 0 or Nk == 0
+        if self.empty:
+            return
+        q, k, v, O, dO = (_rows_contiguous(t) for t in (q, k, v, O, dO))
+        self.q, self.k, self.v, self.dO = q, k, v, dO
+        self.BLOCK_D = max(16, triton.next_power_of_2(d))
+        self.D = torch.empty((B * H, Nq), dtype=torch.float32, device=q.device)  # (B·H, Nq)
+        self.Lg = torch.empty((B * H, Nq), dtype=torch.float32, device=q.device)  # (B·H, Nq), L in base 2
+        PRE_M = 64 if self.BLOCK_D <= 64 else 32
+        _bwd_preprocess_kernel[(triton.cdiv(Nq, PRE_M), B * H)](
+            O, dO, L, self.D, self.Lg,
+            O.stride(0), O.stride(1), O.stride(2),
+            dO.stride(0), dO.stride(1), dO.stride(2),
+            L.stride(0), L.stride(1), L.stride(2),
+            H, Nq, HEAD_DIM=d, BLOCK_M=PRE_M, BLOCK_D=self.BLOCK_D,
+        )
+        self.args = (
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            dO.stride(0), dO.stride(1), dO.stride(2),
+            H, Nq, Nk, self.scale * LOG2E, self.scale, triton.next_power_of_2(max(Nq, Nk, 1024)),
+        )
+        prec = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 inputs: full-precision products
+        self.meta = dict(HEAD_DIM=d, BLOCK_D=self.BLOCK_D, IS_CAUSAL=bool(is_causal), PREC=prec)
+
+    def run_dkdv(self, cfg=None):
+        """The dK/dV kernel; cfg (B_r, B_c, warps, stages), or None for the autotuned one."""
+        B, H = self.B, self.H
+        tensors = (self.q, self.k, self.v, self.dO, self.Lg, self.D, self.dK, self.dV)
+        if cfg is None:
+            grid = lambda META: (triton.cdiv(self.Nk, META["BLOCK_N"]), B * H)  # noqa: E731
+            _bwd_dkdv_tuned[grid](*tensors, *self.args, **self.meta)
+        else:
+            m, n, w, st = cfg
+            _bwd_dkdv_kernel[(triton.cdiv(self.Nk, n), B * H)](
+                *tensors, *self.args, **self.meta, BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st
+            )
+
+    def run_dq(self, cfg=None):
+        """The dQ kernel; cfg (B_r, B_c, warps, stages), or None for the autotuned one."""
+        B, H = self.B, self.H
+        tensors = (self.q, self.k, self.v, self.dO, self.Lg, self.D, self.dQ)
+        if cfg is None:
+            grid = lambda META: (triton.cdiv(self.Nq, META["BLOCK_M"]), B * H)  # noqa: E731
+            _bwd_dq_tuned[grid](*tensors, *self.args, **self.meta)
+        else:
+            m, n, w, st = cfg
+            _bwd_dq_kernel[(triton.cdiv(self.Nq, m), B * H)](
+                *tensors, *self.args, **self.meta, BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st
+            )
+
+
+def default_config(d: int) -> BackwardConfig:
+    """The configuration used without autotuning: CPU_CONFIG under the interpreter, else one that
+    fits the head dim's registers."""
+    if device.TRITON_INTERPRET:
+        return CPU_CONFIG
+    return GPU_DEFAULT if d <= 64 else GPU_DEFAULT_D128
+
+
 def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config: BackwardConfig | None = None):
     """(dQ, dK, dV) of O = attention(q, k, v) given the forward's O and L and the gradient dO.
 
@@ -381,58 +455,17 @@ def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config
     """
     device.require_triton("attention_backward")
     _check_inputs(q, k, v, O, L, dO, scale)
-    B, H, Nq, d = q.shape
-    Nk = k.shape[2]
-    if scale is None:
-        scale = 1.0 / math.sqrt(d)
-    dQ = torch.empty((B, H, Nq, d), dtype=q.dtype, device=q.device)  # (B, H, Nq, d)
-    dK = torch.empty((B, H, Nk, d), dtype=q.dtype, device=q.device)  # (B, H, Nk, d)
-    dV = torch.empty((B, H, Nk, d), dtype=q.dtype, device=q.device)  # (B, H, Nk, d)
-    if B * H == 0 or Nq == 0 or Nk == 0 or d == 0:
-        # no query, or no key: every row is fully masked, every gradient is zero
-        return dQ.zero_(), dK.zero_(), dV.zero_()
-    q, k, v, O, dO = (_rows_contiguous(t) for t in (q, k, v, O, dO))
-
-    BLOCK_D = max(16, triton.next_power_of_2(d))
-    D = torch.empty((B * H, Nq), dtype=torch.float32, device=q.device)  # (B·H, Nq)
-    Lg = torch.empty((B * H, Nq), dtype=torch.float32, device=q.device)  # (B·H, Nq), L in base 2
-    PRE_M = 64 if BLOCK_D <= 64 else 32
-    _bwd_preprocess_kernel[(triton.cdiv(Nq, PRE_M), B * H)](
-        O, dO, L, D, Lg,
-        O.stride(0), O.stride(1), O.stride(2),
-        dO.stride(0), dO.stride(1), dO.stride(2),
-        L.stride(0), L.stride(1), L.stride(2),
-        H, Nq, HEAD_DIM=d, BLOCK_M=PRE_M, BLOCK_D=BLOCK_D,
-    )
-
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 inputs: full-precision products
-    qk_scale = scale * LOG2E
-    N_KEY = triton.next_power_of_2(max(Nq, Nk))  # autotuning bucket
-    args = (
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        dO.stride(0), dO.stride(1), dO.stride(2),
-        H, Nq, Nk, qk_scale, scale, N_KEY,
-    )
-    meta = dict(HEAD_DIM=d, BLOCK_D=BLOCK_D, IS_CAUSAL=bool(is_causal), PREC=prec)
+    p = _Problem(q, k, v, O, L, dO, is_causal, scale)
+    if p.empty:  # no query, or no key: every row is fully masked, every gradient is zero
+        return p.dQ.zero_(), p.dK.zero_(), p.dV.zero_()
     if config is None and _autotuning():
-        grid1 = lambda META: (triton.cdiv(Nk, META["BLOCK_N"]), B * H)
-        grid2 = lambda META: (triton.cdiv(Nq, META["BLOCK_M"]), B * H)
-        _bwd_dkdv_tuned[grid1](q, k, v, dO, Lg, D, dK, dV, *args, **meta)
-        _bwd_dq_tuned[grid2](q, k, v, dO, Lg, D, dQ, *args, **meta)
+        p.run_dkdv()
+        p.run_dq()
     else:
-        if config is None:
-            config = CPU_CONFIG if device.TRITON_INTERPRET else GPU_DEFAULT
-        m1, n1, w1, s1 = config.dkdv
-        m2, n2, w2, s2 = config.dq
-        _bwd_dkdv_kernel[(triton.cdiv(Nk, n1), B * H)](
-            q, k, v, dO, Lg, D, dK, dV, *args, **meta, BLOCK_M=m1, BLOCK_N=n1, num_warps=w1, num_stages=s1
-        )
-        _bwd_dq_kernel[(triton.cdiv(Nq, m2), B * H)](
-            q, k, v, dO, Lg, D, dQ, *args, **meta, BLOCK_M=m2, BLOCK_N=n2, num_warps=w2, num_stages=s2
-        )
-    return dQ, dK, dV
+        config = config or default_config(p.d)
+        p.run_dkdv(config.dkdv)
+        p.run_dq(config.dq)
+    return p.dQ, p.dK, p.dV
 
 
 def tuned_configs() -> dict:
