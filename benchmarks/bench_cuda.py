@@ -132,7 +132,7 @@ def timings(ns, log, sweep=False):
                 record("forward", "sdpa-flash", lambda: sdpa_flash(q, k, v, causal))
                 for ver in ("v2", "v3") + (("v1",) if N <= V1_MAX_N else ()):
                     record("forward", f"cuda-{ver}", lambda ver=ver: cuda_kernels.forward(q, k, v, is_causal=causal, version=ver))
-                if sweep and N in (4096, 16384):
+                if sweep and N >= 4096:
                     for name in cuda_kernels.v3_configs():
                         if name.startswith(f"d{d}_"):
                             record("forward", f"cuda-v3[{name}]", lambda name=name: cuda_kernels.forward(
