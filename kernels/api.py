@@ -232,12 +232,6 @@ def _run_triton(q, k, v, attn_mask, dropout_p, is_causal, scale, seed, cfg):
     if q.dtype not in triton_sdpa.SUPPORTED_DTYPES:
         raise TypeError(f"backend='triton' takes float16, bfloat16 or float32, got {q.dtype}; "
                         "use backend='reference' for float64")
-    if q.device.type == "cpu" and not kdev.TRITON_INTERPRET:
-        raise RuntimeError("backend='triton' with CPU tensors needs the Triton interpreter "
-                           "(TRITON_INTERPRET=1 before triton is imported); use backend='reference'")
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        raise TypeError("backend='triton' on the CPU runs under the Triton interpreter, which computes bfloat16 "
-                        "wrongly; use float16/float32 or backend='reference'")
     d, d_v = q.shape[-1], v.shape[-1]
     if max(d, d_v) > triton_sdpa.MAX_HEAD_DIM:
         raise ValueError(f"backend='triton' supports head dims up to {triton_sdpa.MAX_HEAD_DIM}, got d={d}, "
@@ -245,13 +239,21 @@ def _run_triton(q, k, v, attn_mask, dropout_p, is_causal, scale, seed, cfg):
     if attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled():
         raise ValueError("attn_mask requires grad, but backend='triton' computes no gradient for the mask; "
                          "detach it or use backend='reference'")
+    for name, b in (("B_r", cfg.B_r), ("B_c", cfg.B_c)):
+        if b is not None and (b < 16 or b & (b - 1)):
+            raise ValueError(f"{name} must be a power of two >= 16 for backend='triton', got {b}")
+    if q.device.type == "cpu" and not kdev.TRITON_INTERPRET:
+        raise RuntimeError("backend='triton' with CPU tensors needs the Triton interpreter "
+                           "(TRITON_INTERPRET=1 before triton is imported); use backend='reference'")
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        raise TypeError("backend='triton' on the CPU runs under the Triton interpreter, which computes bfloat16 "
+                        "wrongly; use float16/float32 or backend='reference'")
+    if q.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"backend='triton' needs tensors on cuda (or cpu under the interpreter), got {q.device}")
     blocks = None
     if cfg.B_r is not None or cfg.B_c is not None:
-        for name, b in (("B_r", cfg.B_r), ("B_c", cfg.B_c)):
-            if b is not None and (b < 16 or b & (b - 1)):
-                raise ValueError(f"{name} must be a power of two >= 16 for backend='triton', got {b}")
         bd = max(16, 1 << (max(d, d_v) - 1).bit_length())
-        blocks = triton_sdpa.KernelBlocks.default(bd).with_blocks(cfg.B_r, cfg.B_c)
+        blocks = triton_sdpa.KernelBlocks.default(bd, q.dtype).with_blocks(cfg.B_r, cfg.B_c)
     return triton_sdpa.sdpa(q, k, v, attn_mask, is_causal=is_causal, scale=scale, dropout_p=dropout_p,
                             seed=seed, blocks=blocks)
 

@@ -400,14 +400,23 @@ class KernelBlocks:
         self.fwd, self.dkdv, self.dq = fwd, dkdv, dq
 
     @staticmethod
-    def default(block_d: int) -> "KernelBlocks":
+    def default(block_d: int, dtype: torch.dtype = torch.float16) -> "KernelBlocks":
+        """Launch parameters for a padded head dim and dtype. Shared memory bounds them: with
+        num_stages = s the kernel keeps s copies of the streamed tiles, and fp32 tiles are twice
+        the bytes (the H100 has 228 KB per SM)."""
         if kdev.TRITON_INTERPRET:
             return KernelBlocks((16, 16, 4, 1), (16, 16, 4, 1), (16, 16, 4, 1))
+        if dtype == torch.float32:
+            if block_d <= 64:
+                return KernelBlocks((64, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2))
+            if block_d <= 128:
+                return KernelBlocks((64, 32, 4, 2), (32, 32, 4, 2), (32, 32, 4, 2))
+            return KernelBlocks((32, 32, 4, 1), (32, 32, 4, 1), (32, 32, 4, 1))
         if block_d <= 64:
             return KernelBlocks((128, 64, 4, 3), (32, 64, 4, 3), (64, 32, 4, 3))
         if block_d <= 128:
-            return KernelBlocks((128, 64, 8, 3), (32, 64, 4, 3), (64, 32, 4, 3))
-        return KernelBlocks((64, 32, 4, 2), (32, 32, 4, 2), (32, 32, 4, 2))
+            return KernelBlocks((128, 64, 8, 3), (32, 64, 4, 2), (64, 32, 4, 2))
+        return KernelBlocks((64, 32, 4, 2), (32, 32, 4, 1), (32, 32, 4, 1))
 
     def with_blocks(self, B_r=None, B_c=None) -> "KernelBlocks":
         """The same launch with B_r / B_c pinned for every kernel (AttentionConfig's block sizes)."""
@@ -486,7 +495,7 @@ def sdpa_forward(q, k, v, attn_mask=None, *, is_causal=False, scale=None, dropou
     kind, mask, ms = _mask_view(attn_mask, B, H, Nq, Nk)
     BLOCK_D = max(16, triton.next_power_of_2(d))
     BLOCK_DV = max(16, triton.next_power_of_2(d_v))
-    blocks = blocks or KernelBlocks.default(max(BLOCK_D, BLOCK_DV))
+    blocks = blocks or KernelBlocks.default(max(BLOCK_D, BLOCK_DV), q.dtype)
     BM, BN, warps, stages = blocks.fwd
     _check_block("B_r", BM)
     _check_block("B_c", BN)
@@ -521,7 +530,7 @@ def sdpa_backward(q, k, v, O, L, dO, attn_mask=None, *, is_causal=False, scale=N
     kind, mask, ms = _mask_view(attn_mask, B, H, Nq, Nk)
     BLOCK_D = max(16, triton.next_power_of_2(d))
     BLOCK_DV = max(16, triton.next_power_of_2(d_v))
-    blocks = blocks or KernelBlocks.default(max(BLOCK_D, BLOCK_DV))
+    blocks = blocks or KernelBlocks.default(max(BLOCK_D, BLOCK_DV), q.dtype)
 
     # D = rowsum(dO ∘ O) and L·log2 e (-inf -> +inf), (B·H, Nq): lesson 04's preprocessing kernel.
     # With dropout O is the dropped output, and rowsum(dO ∘ O) still equals rowsum(P ∘ dP).

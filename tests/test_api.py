@@ -28,6 +28,8 @@ from kernels.reference import attention as reference_attention
 from kernels.triton_sdpa import dropout_keep_mask
 
 CUDA = torch.cuda.is_available()
+#: Where the small Triton tests run: the GPU when there is one, else the interpreter on the CPU.
+DEV = "cuda" if CUDA else "cpu"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,13 +185,13 @@ def test_tiled_backend_matches_torch(case, dtype):
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_triton_interpreter_matches_torch_fp32(case, needs_triton):
-    check_case(case, "triton", torch.float32)
+def test_triton_small_matches_torch_fp32(case, needs_triton):
+    check_case(case, "triton", torch.float32, device=DEV)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in FP16_TRITON], ids=str)
-def test_triton_interpreter_matches_torch_fp16(case, needs_triton):
-    check_case(case, "triton", torch.float16)
+def test_triton_small_matches_torch_fp16(case, needs_triton):
+    check_case(case, "triton", torch.float16, device=DEV)
 
 
 def test_default_backend_is_reference_on_cpu():
@@ -201,7 +203,7 @@ def test_default_backend_is_reference_on_cpu():
 def test_fully_masked_rows_give_zeros_forward_and_backward():
     case = next(c for c in CASES if c.mask == "empty-rows")
     for backend in ("reference", "triton"):
-        O, dQ, dK, dV = check_case(case, backend, torch.float32)
+        O, dQ, dK, dV = check_case(case, backend, torch.float32, device=DEV)
         assert torch.all(O[:, :, 0] == 0) and torch.all(O[0, :, 7] == 0), backend
         assert torch.all(dQ[:, :, 0] == 0) and torch.all(dQ[0, :, 7] == 0), backend
         for t in (O, dQ, dK, dV):
@@ -209,8 +211,8 @@ def test_fully_masked_rows_give_zeros_forward_and_backward():
 
 
 def test_additive_all_minus_inf_row_gives_zeros():
-    q, k, v = (torch.randn(1, 2, 9, 16) for _ in range(3))
-    bias = torch.zeros(9, 9)
+    q, k, v = (torch.randn(1, 2, 9, 16, device=DEV) for _ in range(3))
+    bias = torch.zeros(9, 9, device=DEV)
     bias[4] = float("-inf")
     for backend in ("reference", "triton"):
         qq = q.clone().requires_grad_(True)
@@ -224,7 +226,7 @@ def test_additive_all_minus_inf_row_gives_zeros():
 def test_strided_and_3d_inputs(backend):
     """A (B, N, H, d) tensor transposed to (B, H, N, d) is used as it is; 3-D (H, N, d) works."""
     g, seed = fresh_generator()
-    x = torch.randn(2, 21, 3, 16, generator=g).transpose(1, 2)  # (B, H, N, d), not contiguous
+    x = torch.randn(2, 21, 3, 16, generator=g).to(DEV).transpose(1, 2)  # (B, H, N, d), not contiguous
     assert not x.is_contiguous()
     got = scaled_dot_product_attention(x, x, x, is_causal=True, backend=backend)
     want = F.scaled_dot_product_attention(x.double(), x.double(), x.double(), is_causal=True)
@@ -240,14 +242,14 @@ def test_strided_and_3d_inputs(backend):
 @pytest.mark.parametrize("B_r,B_c", [(16, 16), (32, 16), (16, 32)])
 def test_triton_answer_independent_of_block_size(B_r, B_c, needs_triton):
     case = next(c for c in CASES if c.name == "GQA + causal + bool")
-    check_case(case, "triton", torch.float32, cfg=AttentionConfig(B_r=B_r, B_c=B_c))
+    check_case(case, "triton", torch.float32, device=DEV, cfg=AttentionConfig(B_r=B_r, B_c=B_c))
 
 
 # ------------------------------------------------------------------------------------------------
 # Dropout through the API
 # ------------------------------------------------------------------------------------------------
 def test_dropout_same_seed_same_result_and_backends_agree():
-    q, k, v = (torch.randn(1, 2, 20, 16) for _ in range(3))
+    q, k, v = (torch.randn(1, 2, 20, 16, device=DEV) for _ in range(3))
     outs = {}
     for backend in ("reference", "triton"):
         torch.manual_seed(1234)

@@ -20,6 +20,9 @@ from kernels.triton_sdpa import dropout_keep_mask, philox_uniform, sdpa
 
 pytestmark = pytest.mark.usefixtures("needs_triton")
 
+#: Where the small tests run: the GPU when there is one, else the Triton interpreter on the CPU.
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def _seed(g) -> int:
     return int(torch.randint(0, 2**62, (), generator=g))
@@ -32,7 +35,7 @@ def _seed(g) -> int:
 def test_numpy_philox_equals_kernel_draws(seed):
     """philox_uniform reproduces tl.rand bit for bit, so CPU code can rebuild the kernel's mask."""
     shape = (2, 3, 21, 19)
-    a = dropout_keep_mask(seed, shape, 0.3, method="triton")
+    a = dropout_keep_mask(seed, shape, 0.3, DEV, method="triton").cpu()
     b = dropout_keep_mask(seed, shape, 0.3, method="numpy")
     assert torch.equal(a, b)
 
@@ -93,12 +96,12 @@ def kernels_grads(q, k, v, dO, kw):
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout_forward_backward_equal_reference_given_mask(p):
-    _dropout_vs_reference(p, torch.float32, "cpu")
+    _dropout_vs_reference(p, torch.float32, DEV)
 
 
 def test_dropout_same_seed_same_result():
     g, _ = fresh_generator()
-    q, k, v = (torch.randn(1, 2, 24, 16, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(1, 2, 24, 16, generator=g).to(DEV) for _ in range(3))
     a = sdpa(q, k, v, dropout_p=0.3, seed=7)
     b = sdpa(q, k, v, dropout_p=0.3, seed=7)
     c = sdpa(q, k, v, dropout_p=0.3, seed=8)
@@ -109,11 +112,11 @@ def test_dropout_scaling_and_mask_exactly():
     """With Q = 0 every P_ij = 1/Nk; with V = I (Nk = d_v) O_ij = P_ij·Z_ij/(1-p) = Z_ij/(Nk(1-p)):
     the output *is* the scaled keep-mask, so both the 1/(1-p) scale and the regenerated mask show."""
     Nq, Nk, p = 20, 32, 0.25
-    q = torch.zeros(1, 2, Nq, 16)
-    k = torch.randn(1, 2, Nk, 16)
-    v = torch.eye(Nk).expand(1, 2, Nk, Nk).contiguous()
+    q = torch.zeros(1, 2, Nq, 16, device=DEV)
+    k = torch.randn(1, 2, Nk, 16, device=DEV)
+    v = torch.eye(Nk, device=DEV).expand(1, 2, Nk, Nk).contiguous()
     O = sdpa(q, k, v, dropout_p=p, seed=2024)
-    keep = dropout_keep_mask(2024, (1, 2, Nq, Nk), p)
+    keep = dropout_keep_mask(2024, (1, 2, Nq, Nk), p, DEV)
     assert torch.equal(O > 0, keep)
     torch.testing.assert_close(O[keep], torch.full_like(O[keep], 1.0 / (Nk * (1 - p))))
 
@@ -124,9 +127,9 @@ def test_dropout_scaling_and_mask_exactly():
 def test_gqa_reads_kv_heads_without_copy_and_sums_gradients():
     """dK of a shared K/V head is the sum over its query heads: compare with repeated heads."""
     g, seed = fresh_generator()
-    q = torch.randn(2, 6, 20, 16, generator=g)
-    k, v = (torch.randn(2, 2, 18, 16, generator=g) for _ in range(2))
-    dO = torch.randn(2, 6, 20, 16, generator=g)
+    q = torch.randn(2, 6, 20, 16, generator=g).to(DEV)
+    k, v = (torch.randn(2, 2, 18, 16, generator=g).to(DEV) for _ in range(2))
+    dO = torch.randn(2, 6, 20, 16, generator=g).to(DEV)
     kg, vg = k.clone().requires_grad_(True), v.clone().requires_grad_(True)
     O = sdpa(q, kg, vg, is_causal=True)
     dK, dV = torch.autograd.grad(O, (kg, vg), dO)
@@ -143,8 +146,8 @@ def test_gqa_reads_kv_heads_without_copy_and_sums_gradients():
 def test_lse_and_empty_rows():
     """L = log Σ exp(S) per row, -inf for a row with no visible key; O = 0 there, no NaN."""
     g, seed = fresh_generator()
-    q, k, v = (torch.randn(1, 2, 17, 16, generator=g) for _ in range(3))
-    m = torch.rand(1, 2, 17, 17, generator=g) > 0.5
+    q, k, v = (torch.randn(1, 2, 17, 16, generator=g).to(DEV) for _ in range(3))
+    m = (torch.rand(1, 2, 17, 17, generator=g) > 0.5).to(DEV)
     m[:, :, 5] = False
     O, L = sdpa(q, k, v, m, return_lse=True)
     O64, L64 = reference_attention(q.double(), k.double(), v.double(), attn_mask=m, return_lse=True)
@@ -155,8 +158,8 @@ def test_lse_and_empty_rows():
 
 
 def test_empty_key_sequence():
-    q = torch.randn(1, 2, 5, 16, requires_grad=True)
-    k = torch.randn(1, 2, 0, 16)
+    q = torch.randn(1, 2, 5, 16, device=DEV, requires_grad=True)
+    k = torch.randn(1, 2, 0, 16, device=DEV)
     O, L = sdpa(q, k, k, return_lse=True)
     O.sum().backward()
     assert torch.all(O == 0) and torch.isneginf(L).all() and torch.all(q.grad == 0)
@@ -167,6 +170,7 @@ def test_poisoned_padding_is_never_read():
     g, seed = fresh_generator()
     big = torch.full((1, 2, 40, 32), float("nan"))
     big[:, :, :21, :20] = torch.randn(1, 2, 21, 20, generator=g)
+    big = big.to(DEV)
     x = big[:, :, :21, :20]  # (1, 2, 21, 20): rows and head dim inside NaN padding
     xg = x.clone().requires_grad_(True)
     O = sdpa(xg, x, x, is_causal=True)
