@@ -45,6 +45,9 @@ from .validation import check_qkv, check_scale
 if _device.HAS_TRITON:
     import triton
     import triton.language as tl
+
+    # lesson 04's tile loader (masks compiled in only where a tile can run past an edge)
+    from .triton_backward import _load_tile
 else:  # pragma: no cover - platforms without triton wheels
     triton = tl = None
 
@@ -246,30 +249,13 @@ def default_configs(head_dim: int, on_gpu: bool):
 if _device.HAS_TRITON:
 
     @triton.jit
-    def _load_rows(ptrs, offs_rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   EVEN: tl.constexpr):
-        """Load a (rows, BLOCK_D) tile, masked only where it can run past an edge (rows unless EVEN;
-        the head dim when BLOCK_D pads it to a power of two). Masked lanes read 0."""
-        if EVEN:
-            if BLOCK_D == HEAD_DIM:
-                t = tl.load(ptrs)
-            else:
-                t = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-        else:
-            if BLOCK_D == HEAD_DIM:
-                t = tl.load(ptrs, mask=offs_rows[:, None] < n_rows, other=0.0)
-            else:
-                t = tl.load(ptrs, mask=(offs_rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        return t
-
-    @triton.jit
     def _fwd_inner(
         acc, l_i, m_i, q, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
         kv_list, n_listed, b, h, q_idx, Nk, scale,
         M0, M1, MBUF, S0, SF, SBUF,
         MASK_MOD: tl.constexpr, SCORE_MOD: tl.constexpr, IS_FULL: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPARSE_KV: tl.constexpr, EVEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        SPARSE_KV: tl.constexpr, RAGGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         """The forward's inner loop over the key blocks listed in kv_list (n_listed of them)."""
         MULT: tl.constexpr = SPARSE_KV // BLOCK_N  # tiles per sparse block
@@ -278,16 +264,16 @@ if _device.HAS_TRITON:
             # [flex 3] the next listed key block, and which BLOCK_N slice of it
             start_n = tl.load(kv_list + it // MULT) * SPARSE_KV + (it % MULT) * BLOCK_N
             offs_n = start_n + tl.arange(0, BLOCK_N)
-            k = _load_rows(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                           offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, EVEN)  # (BLOCK_N, BLOCK_D)
+            k = _load_tile(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                           offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, RAGGED)  # (BLOCK_N, BLOCK_D)
             x = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale  # (BLOCK_M, BLOCK_N)
             kv_idx = offs_n[None, :]
-            if not EVEN:
+            if RAGGED:
                 kv_idx = tl.minimum(kv_idx, Nk - 1)  # mods only ever see in-range positions
             s = SCORE_MOD(x, b, h, q_idx, kv_idx, S0, SF, SBUF)  # [flex 1]
             if not IS_FULL:
                 s = tl.where(MASK_MOD(b, h, q_idx, kv_idx, M0, M1, MBUF), s, float("-inf"))  # [flex 2]
-            if not EVEN:
+            if RAGGED:
                 s = tl.where(offs_n[None, :] < Nk, s, float("-inf"))
             # online softmax in base 2 (lesson 02): m is the running max, l the running sum
             s = s * 1.4426950408889634
@@ -296,8 +282,8 @@ if _device.HAS_TRITON:
             alpha = tl.exp2(m_i - m_use)
             p = tl.exp2(s - m_use[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = _load_rows(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                           offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, EVEN)
+            v = _load_tile(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                           offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, RAGGED)
             acc = acc * alpha[:, None]
             acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
             m_i = m_new
@@ -315,7 +301,7 @@ if _device.HAS_TRITON:
         M0, M1, MBUF, S0, SF, SBUF,
         MASK_MOD: tl.constexpr, SCORE_MOD: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        SPARSE_Q: tl.constexpr, SPARSE_KV: tl.constexpr, EVEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        SPARSE_Q: tl.constexpr, SPARSE_KV: tl.constexpr, RAGGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
@@ -328,10 +314,10 @@ if _device.HAS_TRITON:
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
-        q = _load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-                       offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, EVEN)  # (BLOCK_M, BLOCK_D), stays in SRAM
+        q = _load_tile(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                       offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, RAGGED)  # (BLOCK_M, BLOCK_D), stays in SRAM
         q_idx = offs_m[:, None]
-        if not EVEN:
+        if RAGGED:
             q_idx = tl.minimum(q_idx, Nq - 1)
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -345,13 +331,13 @@ if _device.HAS_TRITON:
             acc, l_i, m_i, q, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
             KV_IDX + row * BM_COLS, tl.load(KV_NUM + row), b, h, q_idx, Nk, scale,
             M0, M1, MBUF, S0, SF, SBUF, MASK_MOD, SCORE_MOD, False,
-            HEAD_DIM, BLOCK_D, BLOCK_N, SPARSE_KV, EVEN, DOT_PRECISION)
+            HEAD_DIM, BLOCK_D, BLOCK_N, SPARSE_KV, RAGGED, DOT_PRECISION)
         # full blocks: score_mod only, no mask_mod
         acc, l_i, m_i = _fwd_inner(
             acc, l_i, m_i, q, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
             FULL_KV_IDX + row * BM_COLS, tl.load(FULL_KV_NUM + row), b, h, q_idx, Nk, scale,
             M0, M1, MBUF, S0, SF, SBUF, MASK_MOD, SCORE_MOD, True,
-            HEAD_DIM, BLOCK_D, BLOCK_N, SPARSE_KV, EVEN, DOT_PRECISION)
+            HEAD_DIM, BLOCK_D, BLOCK_N, SPARSE_KV, RAGGED, DOT_PRECISION)
 
         # O = acc / l; L = m + log l (natural log). Rows with every key masked: O = 0, L = -inf.
         empty = l_i == 0.0
@@ -359,15 +345,15 @@ if _device.HAS_TRITON:
         out = acc / l_safe[:, None]
         lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
         o_ptrs = O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
-        if EVEN:
+        if RAGGED:
+            tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM))
+            tl.store(L + bh.to(tl.int64) * Nq + offs_m, lse, mask=offs_m < Nq)
+        else:
             if BLOCK_D == HEAD_DIM:
                 tl.store(o_ptrs, out.to(O.dtype.element_ty))
             else:
                 tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_d[None, :] < HEAD_DIM)
             tl.store(L + bh.to(tl.int64) * Nq + offs_m, lse)
-        else:
-            tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM))
-            tl.store(L + bh.to(tl.int64) * Nq + offs_m, lse, mask=offs_m < Nq)
 
     @triton.jit
     def _bwd_preprocess_kernel(
@@ -402,7 +388,7 @@ if _device.HAS_TRITON:
         M0, M1, MBUF, S0, SF, SBUF,
         MASK_MOD: tl.constexpr, SCORE_MOD: tl.constexpr, SCORE_GRAD: tl.constexpr, IS_FULL: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M1: tl.constexpr,
-        SPARSE_Q: tl.constexpr, EVEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        SPARSE_Q: tl.constexpr, RAGGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         """dK_j, dV_j over the query blocks listed in q_list; works on the transposed tile Sᵀ
         (BLOCK_N1, BLOCK_M1) so every product has the key block as its left operand."""
@@ -411,24 +397,24 @@ if _device.HAS_TRITON:
         for it in range(0, n_listed * MULT):
             start_m = tl.load(q_list + it // MULT) * SPARSE_Q + (it % MULT) * BLOCK_M1  # [flex 3]
             offs_m = start_m + tl.arange(0, BLOCK_M1)
-            q = _load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-                           offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, EVEN)  # (BLOCK_M1, BLOCK_D)
-            do = _load_rows(DO + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
-                            offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, EVEN)
-            if EVEN:
-                l2 = tl.load(L2 + offs_m)
-                Di = tl.load(DELTA + offs_m)
-            else:
+            q = _load_tile(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                           offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, RAGGED)  # (BLOCK_M1, BLOCK_D)
+            do = _load_tile(DO + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
+                            offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, RAGGED)
+            if RAGGED:
                 l2 = tl.load(L2 + offs_m, mask=offs_m < Nq, other=float("inf"))
                 Di = tl.load(DELTA + offs_m, mask=offs_m < Nq, other=0.0)
+            else:
+                l2 = tl.load(L2 + offs_m)
+                Di = tl.load(DELTA + offs_m)
             xT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * scale  # (BLOCK_N1, BLOCK_M1)
             q_idx = offs_m[None, :]
-            if not EVEN:
+            if RAGGED:
                 q_idx = tl.minimum(q_idx, Nq - 1)
             sT = SCORE_MOD(xT, b, h, q_idx, kv_idx, S0, SF, SBUF)  # [flex 1]
             if not IS_FULL:
                 sT = tl.where(MASK_MOD(b, h, q_idx, kv_idx, M0, M1, MBUF), sT, float("-inf"))  # [flex 2]
-            if not EVEN:
+            if RAGGED:
                 sT = tl.where(offs_m[None, :] < Nq, sT, float("-inf"))
             pT = tl.exp2(sT * 1.4426950408889634 - l2[None, :])  # Pᵀ rebuilt from L
             dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # dV += Pᵀ dO
@@ -450,7 +436,7 @@ if _device.HAS_TRITON:
         M0, M1, MBUF, S0, SF, SBUF,
         MASK_MOD: tl.constexpr, SCORE_MOD: tl.constexpr, SCORE_GRAD: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
-        SPARSE_Q: tl.constexpr, SPARSE_KV: tl.constexpr, EVEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        SPARSE_Q: tl.constexpr, SPARSE_KV: tl.constexpr, RAGGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         bh = tl.program_id(1)
@@ -465,12 +451,12 @@ if _device.HAS_TRITON:
 
         offs_n = pid_n * BLOCK_N1 + tl.arange(0, BLOCK_N1)
         offs_d = tl.arange(0, BLOCK_D)
-        k = _load_rows(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                       offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, EVEN)  # (BLOCK_N1, BLOCK_D), stays in SRAM
-        v = _load_rows(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                       offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, EVEN)
+        k = _load_tile(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                       offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, RAGGED)  # (BLOCK_N1, BLOCK_D), stays in SRAM
+        v = _load_tile(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                       offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, RAGGED)
         kv_idx = offs_n[:, None]
-        if not EVEN:
+        if RAGGED:
             kv_idx = tl.minimum(kv_idx, Nk - 1)
         dk = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N1, BLOCK_D], dtype=tl.float32)
@@ -481,12 +467,12 @@ if _device.HAS_TRITON:
             dk, dv, k, v, Q, DO, L2, DELTA, stride_qn, stride_qd, stride_don, stride_dod,
             Q_IDX + row * BM_COLS, tl.load(Q_NUM + row), b, h, kv_idx, Nq, scale,
             M0, M1, MBUF, S0, SF, SBUF, MASK_MOD, SCORE_MOD, SCORE_GRAD, False,
-            HEAD_DIM, BLOCK_D, BLOCK_M1, SPARSE_Q, EVEN, DOT_PRECISION)
+            HEAD_DIM, BLOCK_D, BLOCK_M1, SPARSE_Q, RAGGED, DOT_PRECISION)
         dk, dv = _dkdv_inner(
             dk, dv, k, v, Q, DO, L2, DELTA, stride_qn, stride_qd, stride_don, stride_dod,
             FULL_Q_IDX + row * BM_COLS, tl.load(FULL_Q_NUM + row), b, h, kv_idx, Nq, scale,
             M0, M1, MBUF, S0, SF, SBUF, MASK_MOD, SCORE_MOD, SCORE_GRAD, True,
-            HEAD_DIM, BLOCK_D, BLOCK_M1, SPARSE_Q, EVEN, DOT_PRECISION)
+            HEAD_DIM, BLOCK_D, BLOCK_M1, SPARSE_Q, RAGGED, DOT_PRECISION)
         dk = dk * scale
 
         # dK, dV are contiguous (B, H, Nk, d)
@@ -503,7 +489,7 @@ if _device.HAS_TRITON:
         MASK_MOD: tl.constexpr, SCORE_MOD: tl.constexpr, SCORE_GRAD: tl.constexpr,
         WRITE_DBUF: tl.constexpr, IS_FULL: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N2: tl.constexpr,
-        SPARSE_KV: tl.constexpr, EVEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        SPARSE_KV: tl.constexpr, RAGGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         """dQ_i over the key blocks listed in kv_list."""
         MULT: tl.constexpr = SPARSE_KV // BLOCK_N2
@@ -511,18 +497,18 @@ if _device.HAS_TRITON:
         for it in range(0, n_listed * MULT):
             start_n = tl.load(kv_list + it // MULT) * SPARSE_KV + (it % MULT) * BLOCK_N2  # [flex 3]
             offs_n = start_n + tl.arange(0, BLOCK_N2)
-            k = _load_rows(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                           offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, EVEN)
-            v = _load_rows(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                           offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, EVEN)
+            k = _load_tile(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                           offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, RAGGED)
+            v = _load_tile(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                           offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, RAGGED)
             x = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale  # (BLOCK_M2, BLOCK_N2)
             kv_idx = offs_n[None, :]
-            if not EVEN:
+            if RAGGED:
                 kv_idx = tl.minimum(kv_idx, Nk - 1)
             s = SCORE_MOD(x, b, h, q_idx, kv_idx, S0, SF, SBUF)  # [flex 1]
             if not IS_FULL:
                 s = tl.where(MASK_MOD(b, h, q_idx, kv_idx, M0, M1, MBUF), s, float("-inf"))  # [flex 2]
-            if not EVEN:
+            if RAGGED:
                 s = tl.where(offs_n[None, :] < Nk, s, float("-inf"))
             p = tl.exp2(s * 1.4426950408889634 - l2[:, None])
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
@@ -544,7 +530,7 @@ if _device.HAS_TRITON:
         M0, M1, MBUF, S0, SF, SBUF, DSBUF,
         MASK_MOD: tl.constexpr, SCORE_MOD: tl.constexpr, SCORE_GRAD: tl.constexpr, WRITE_DBUF: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
-        SPARSE_Q: tl.constexpr, SPARSE_KV: tl.constexpr, EVEN: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        SPARSE_Q: tl.constexpr, SPARSE_KV: tl.constexpr, RAGGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
@@ -557,18 +543,18 @@ if _device.HAS_TRITON:
 
         offs_m = pid_m * BLOCK_M2 + tl.arange(0, BLOCK_M2)
         offs_d = tl.arange(0, BLOCK_D)
-        q = _load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
-                       offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, EVEN)
-        do = _load_rows(DO + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
-                        offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, EVEN)
-        if EVEN:
-            l2 = tl.load(L2 + bh.to(tl.int64) * Nq + offs_m)
-            Di = tl.load(DELTA + bh.to(tl.int64) * Nq + offs_m)
-        else:
+        q = _load_tile(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                       offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, RAGGED)
+        do = _load_tile(DO + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod,
+                        offs_m, Nq, offs_d, HEAD_DIM, BLOCK_D, RAGGED)
+        if RAGGED:
             l2 = tl.load(L2 + bh.to(tl.int64) * Nq + offs_m, mask=offs_m < Nq, other=float("inf"))
             Di = tl.load(DELTA + bh.to(tl.int64) * Nq + offs_m, mask=offs_m < Nq, other=0.0)
+        else:
+            l2 = tl.load(L2 + bh.to(tl.int64) * Nq + offs_m)
+            Di = tl.load(DELTA + bh.to(tl.int64) * Nq + offs_m)
         q_idx = offs_m[:, None]
-        if not EVEN:
+        if RAGGED:
             q_idx = tl.minimum(q_idx, Nq - 1)
         dq = tl.zeros([BLOCK_M2, BLOCK_D], dtype=tl.float32)
 
@@ -577,12 +563,12 @@ if _device.HAS_TRITON:
             dq, q, do, l2, Di, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
             KV_IDX + row * BM_COLS, tl.load(KV_NUM + row), b, h, q_idx, Nk, scale,
             M0, M1, MBUF, S0, SF, SBUF, DSBUF, MASK_MOD, SCORE_MOD, SCORE_GRAD, WRITE_DBUF, False,
-            HEAD_DIM, BLOCK_D, BLOCK_N2, SPARSE_KV, EVEN, DOT_PRECISION)
+            HEAD_DIM, BLOCK_D, BLOCK_N2, SPARSE_KV, RAGGED, DOT_PRECISION)
         dq = _dq_inner(
             dq, q, do, l2, Di, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
             FULL_KV_IDX + row * BM_COLS, tl.load(FULL_KV_NUM + row), b, h, q_idx, Nk, scale,
             M0, M1, MBUF, S0, SF, SBUF, DSBUF, MASK_MOD, SCORE_MOD, SCORE_GRAD, WRITE_DBUF, True,
-            HEAD_DIM, BLOCK_D, BLOCK_N2, SPARSE_KV, EVEN, DOT_PRECISION)
+            HEAD_DIM, BLOCK_D, BLOCK_N2, SPARSE_KV, RAGGED, DOT_PRECISION)
         dq = dq * scale
 
         out = bh.to(tl.int64) * Nq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
@@ -594,49 +580,34 @@ if _device.HAS_TRITON:
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Plan:
-    """Everything a launch needs besides the tensors: the pattern's Triton functions and values,
-    the block mask, the tiles."""
+    """Everything a launch needs besides the tensors, worked out once per (pattern, block mask,
+    shape) and cached: the pattern's Triton functions and captured values, the block mask, the
+    tiles."""
 
-    pattern: object
     bm: MiniBlockMask
     scale: float
     fwd: ForwardConfig
     bwd: BackwardConfig
-    dummy: torch.Tensor
-
-    @property
-    def mask_fn(self):
-        p = self.pattern
-        return p.tl_mask_mod if p is not None and p.tl_mask_mod is not None else fp.tl_no_mask
-
-    @property
-    def score_fn(self):
-        p = self.pattern
-        return p.tl_score_mod if p is not None and p.tl_score_mod is not None else fp.tl_identity_score
-
-    @property
-    def grad_fn(self):
-        p = self.pattern
-        return p.tl_score_grad if p is not None and p.tl_score_grad is not None else fp.tl_identity_grad
-
-    def mod_args(self):
-        """M0, M1, MBUF, S0, SF, SBUF: the pattern's captured values."""
-        p = self.pattern
-        if p is None:
-            return (0, 0, self.dummy, 0, 1.0, self.dummy)
-        mbuf = p.mask_buffer if p.mask_buffer is not None else self.dummy
-        sbuf = p.score_buffer.detach() if p.score_buffer is not None else self.dummy
-        return (int(p.mask_ints[0]), int(p.mask_ints[1]), mbuf.to(self.dummy.device),
-                int(p.score_int), float(p.score_float) or 1.0, sbuf.to(self.dummy.device))
+    mask_fn: object  # tl_mask_mod
+    score_fn: object  # tl_score_mod
+    grad_fn: object  # tl_score_grad
+    mod_args: tuple  # M0, M1, MBUF, S0, SF, SBUF: the pattern's captured values
+    ragged: bool  # N not a multiple of the sparse blocks: bounds checks compiled in
 
     def mask_dims(self, transposed: bool):
         Bm, Hm, T_r, T_c = self.bm.shape
         return (Bm, Hm, T_c, T_r) if transposed else (Bm, Hm, T_r, T_c)
 
 
-def _even(plan: _Plan, Nq: int, Nk: int) -> bool:
-    B_r, B_c = plan.bm.BLOCK_SIZE
-    return Nq % B_r == 0 and Nk % B_c == 0
+_DUMMY: dict = {}
+
+
+def _dummy(dev) -> torch.Tensor:
+    """A one-element tensor to pass where a pattern has no buffer."""
+    t = _DUMMY.get(dev)
+    if t is None:
+        t = _DUMMY[dev] = torch.zeros(1, device=dev, dtype=torch.int32)
+    return t
 
 
 def _dot_precision(dtype) -> str:
@@ -655,10 +626,10 @@ def _launch_forward(q, k, v, plan: _Plan):
         q, k, v, O, L, *q.stride(), *k.stride(), *v.stride(), *O.stride(),
         H, Nq, Nk, plan.scale,
         bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices, *plan.mask_dims(False),
-        *plan.mod_args(),
+        *plan.mod_args,
         MASK_MOD=plan.mask_fn, SCORE_MOD=plan.score_fn,
         HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N,
-        SPARSE_Q=bm.BLOCK_SIZE[0], SPARSE_KV=bm.BLOCK_SIZE[1], EVEN=_even(plan, Nq, Nk),
+        SPARSE_Q=bm.BLOCK_SIZE[0], SPARSE_KV=bm.BLOCK_SIZE[1], RAGGED=plan.ragged,
         DOT_PRECISION=_dot_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return O, L
@@ -681,12 +652,12 @@ def _launch_backward(q, k, v, O, L, dO, plan: _Plan, want_dbuf: bool):
     dQ = torch.empty(B, H, Nq, d, device=q.device, dtype=q.dtype)
     dK = torch.empty(B, H, Nk, d, device=q.device, dtype=k.dtype)
     dV = torch.empty(B, H, Nk, d, device=q.device, dtype=v.dtype)
-    M0, M1, MBUF, S0, SF, SBUF = plan.mod_args()
+    M0, M1, MBUF, S0, SF, SBUF = plan.mod_args
     dbuf = torch.zeros(SBUF.shape, device=q.device, dtype=torch.float32) if want_dbuf else SBUF
     common = dict(
         MASK_MOD=plan.mask_fn, SCORE_MOD=plan.score_fn, SCORE_GRAD=plan.grad_fn,
         HEAD_DIM=d, BLOCK_D=BLOCK_D, SPARSE_Q=bm.BLOCK_SIZE[0], SPARSE_KV=bm.BLOCK_SIZE[1],
-        EVEN=_even(plan, Nq, Nk), DOT_PRECISION=_dot_precision(q.dtype),
+        RAGGED=plan.ragged, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     _mini_flex_bwd_dkdv_kernel[(triton.cdiv(Nk, cfg.BLOCK_N1), B * H)](
@@ -751,6 +722,7 @@ def mini_flex_attention(query, key, value, pattern=None, *, block_mask=None, sca
     float16/float32 on the CPU under the Triton interpreter (small shapes). `pattern` is a
     kernels.flex_patterns.Pattern (None: plain attention). `block_mask`: torch's BlockMask from
     create_block_mask, a MiniBlockMask, or None to build it from the pattern (cached).
+    `config`, `bwd_config`: tile sizes (ForwardConfig, BackwardConfig); default: default_configs.
     Differentiable in query, key, value and a learnable buffer of the pattern.
 
     Returns O (B, H, Nq, d), or (O, L) with the log-sum-exp L (B, H, Nq) (natural log, -inf on
@@ -758,6 +730,28 @@ def mini_flex_attention(query, key, value, pattern=None, *, block_mask=None, sca
     """
     _device.require_triton("mini_flex_attention")
     check_qkv(query, key, value, dtypes=_SUPPORTED)
+    # the checks below and the block mask depend only on these: done once, then cached
+    cache_key = (id(pattern), id(block_mask), tuple(query.shape), key.shape[2], query.dtype, query.device,
+                 scale, config, bwd_config)
+    hit = _PLAN_CACHE.get(cache_key)
+    if hit is not None and hit[0] is pattern and hit[1] is block_mask:
+        plan = hit[2]
+    else:
+        plan = _make_plan(query, key, pattern, block_mask, scale, config, bwd_config)
+        _PLAN_CACHE[cache_key] = (pattern, block_mask, plan)
+        while len(_PLAN_CACHE) > 64:
+            _PLAN_CACHE.pop(next(iter(_PLAN_CACHE)))
+    sbuf = pattern.score_buffer if pattern is not None and pattern.learnable else None
+    O, L = _MiniFlexAttention.apply(query, key, value, sbuf, plan)
+    return (O, L) if return_lse else O
+
+
+_PLAN_CACHE: dict = {}
+
+
+def _make_plan(query, key, pattern, block_mask, scale, config, bwd_config) -> _Plan:
+    """Validate everything but the tensors' shapes (check_qkv did those), pick the block mask and
+    the tiles."""
     check_scale(scale)
     if pattern is not None and not isinstance(pattern, fp.Pattern):
         raise TypeError(f"pattern must be a kernels.flex_patterns.Pattern or None, got {type(pattern).__name__}")
@@ -776,20 +770,20 @@ def mini_flex_attention(query, key, value, pattern=None, *, block_mask=None, sca
         raise ValueError(f"head dim d must be <= 256, got query shape {tuple(query.shape)}")
     if Nq == 0 or Nk == 0:
         raise ValueError(f"sequence lengths must be positive, got Nq={Nq}, Nk={Nk}")
+    dev = query.device
     if pattern is not None:
         pattern._check_lengths(Nq, Nk)
         for buf in (pattern.mask_buffer, pattern.score_buffer):
             if buf is not None and buf.dtype not in (torch.int32, torch.float32):
                 raise TypeError(f"pattern {pattern.name}: the kernel reads int32 or float32 buffers, got {buf.dtype}")
-        if pattern.learnable and pattern.score_buffer.device != query.device:
+        if pattern.learnable and pattern.score_buffer.device != dev:
             raise ValueError(
-                f"pattern {pattern.name}: its learnable buffer is on {pattern.score_buffer.device}, "
-                f"the query on {query.device}"
+                f"pattern {pattern.name}: its learnable buffer is on {pattern.score_buffer.device}, the query on {dev}"
             )
     block, default_fwd, default_bwd = default_configs(d, on_gpu)
 
     if block_mask is None:
-        bm = build_block_mask(pattern, B, H, Nq, Nk, block, query.device)
+        bm = build_block_mask(pattern, B, H, Nq, Nk, block, dev)
     elif isinstance(block_mask, MiniBlockMask):
         bm = block_mask
     elif hasattr(block_mask, "kv_num_blocks") and hasattr(block_mask, "BLOCK_SIZE"):
@@ -803,8 +797,8 @@ def mini_flex_attention(query, key, value, pattern=None, *, block_mask=None, sca
         raise ValueError(f"block_mask has (B, H) = ({Bm}, {Hm}); expected 1 or {B} and 1 or {H}")
     if (T_r, T_c) != (triton_cdiv(Nq, bm.BLOCK_SIZE[0]), triton_cdiv(Nk, bm.BLOCK_SIZE[1])):
         raise ValueError(f"block_mask has {T_r} x {T_c} blocks of {bm.BLOCK_SIZE}, which does not cover ({Nq}, {Nk})")
-    if bm.kv_indices.device != query.device:
-        raise ValueError(f"block_mask is on {bm.kv_indices.device}, the query on {query.device}")
+    if bm.kv_indices.device != dev:
+        raise ValueError(f"block_mask is on {bm.kv_indices.device}, the query on {dev}")
     # the default tiles shrink to fit a block mask with smaller blocks than the default
     fit_fwd, fit_bwd = _fit_tiles(default_fwd, default_bwd, bm.BLOCK_SIZE)
     fwd, bwd = config or fit_fwd, bwd_config or fit_bwd
@@ -812,11 +806,22 @@ def mini_flex_attention(query, key, value, pattern=None, *, block_mask=None, sca
 
     if scale is None:
         scale = 1.0 / math.sqrt(d)
-    dummy = torch.zeros(1, device=query.device, dtype=torch.int32)
-    plan = _Plan(pattern, bm, float(scale), fwd, bwd, dummy)
-    sbuf = pattern.score_buffer if pattern is not None and pattern.learnable else None
-    O, L = _MiniFlexAttention.apply(query, key, value, sbuf, plan)
-    return (O, L) if return_lse else O
+    dummy = _dummy(dev)
+    p = pattern
+    if p is None:
+        mod_args = (0, 0, dummy, 0, 1.0, dummy)
+    else:
+        mbuf = p.mask_buffer.to(dev) if p.mask_buffer is not None else dummy
+        sbuf = p.score_buffer.detach().to(dev) if p.score_buffer is not None else dummy
+        mod_args = (int(p.mask_ints[0]), int(p.mask_ints[1]), mbuf, int(p.score_int), float(p.score_float) or 1.0, sbuf)
+    return _Plan(
+        bm=bm, scale=float(scale), fwd=fwd, bwd=bwd,
+        mask_fn=(p.tl_mask_mod if p is not None and p.tl_mask_mod is not None else fp.tl_no_mask),
+        score_fn=(p.tl_score_mod if p is not None and p.tl_score_mod is not None else fp.tl_identity_score),
+        grad_fn=(p.tl_score_grad if p is not None and p.tl_score_grad is not None else fp.tl_identity_grad),
+        mod_args=mod_args,
+        ragged=not (Nq % bm.BLOCK_SIZE[0] == 0 and Nk % bm.BLOCK_SIZE[1] == 0),
+    )
 
 
 def _fit_tiles(fwd: ForwardConfig, bwd: BackwardConfig, block) -> tuple[ForwardConfig, BackwardConfig]:
