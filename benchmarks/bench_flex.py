@@ -199,7 +199,10 @@ def main(argv=None):
         record["sweep"] = sweep(t0, args.budget, do_bench, create_block_mask)
     path.write_text(json.dumps(record, indent=1) + "\n")
     table(record)
-    plot(record, outdir / "flex_h100.png")
+    try:
+        plot(record, outdir / "flex_h100.png")
+    except Exception as e:  # the JSON and the table are written already
+        print(f"no plot: {type(e).__name__}: {e}")
     return 0 if all(r["check"]["pass"] for r in record["rows"]) else 1
 
 
