@@ -88,7 +88,7 @@ def build(verbose: bool = False):
         sources=[str(s) for s in sources],
         extra_include_paths=[str(SOURCE_DIR)],
         extra_cflags=["-O3", "-std=c++17"],
-        extra_cuda_cflags=["-O3", "-std=c++17", "-lineinfo"],
+        extra_cuda_cflags=["-O3", "-std=c++17", "-lineinfo", "-DFLASH_V3_SWEEP"],  # every v3 tile config
         verbose=verbose,
     )
     return _module
@@ -308,10 +308,22 @@ def _demangle(names: list[str]) -> list[str]:
         n = re.sub(r"^void ", "", n)
         n = re.sub(r"\(flash::(Fwd|Bwd)Params\)$", "", n)
         n = n.replace("flash::", "").replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
-        n = re.sub(r"v3::Config<(\d+), (\d+), (\d+), (\d+), (true|false)>",
-                   lambda m: f"d{m[1]} w{m[2]} m{m[3]} Bc{m[4]}{'' if m[5] == 'true' else ' pad'}", n)
+        n = re.sub(r"v3::Config<([^<>]*)>", lambda m: _config_name(m[1]), n)
         pretty.append(n.replace(" >", ">"))
     return pretty
+
+
+def _config_name(args: str) -> str:
+    """v3::Config<128, 4, 2, 32, false, true, true, true> -> 'd128 w4 m2 Bc32 pad' (+ switches that are off)."""
+    parts = [a.strip() for a in args.split(",")]
+    d, w, m, bc = parts[:4]
+    flags = [f == "true" for f in parts[4:]] + [False, True, True, True][len(parts) - 4:]
+    swz, fast, lazy, split = flags[:4]
+    name = f"d{d} w{w} m{m} Bc{bc} {'swz' if swz else 'pad'}"
+    name += "" if fast else " exp2f"
+    name += "" if lazy else " eager"
+    name += "" if split else " onebody"
+    return name
 
 
 def parse_ptxas(log: str, arch: str = "") -> list[KernelResources]:

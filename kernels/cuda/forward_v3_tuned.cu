@@ -1,43 +1,66 @@
-// forward_v3_tuned.cu: FlashAttention forward on tensor cores, tuned (the v2 kernel, changed
-// where the profile of v2 says time goes). Diff it against forward_v2_tensor_core.cu.
+// forward_v3_tuned.cu: FlashAttention forward on tensor cores, tuned: the v2 kernel, changed
+// where measurements on the H100 said time goes. Diff it against forward_v2_tensor_core.cu;
+// benchmarks/PERFORMANCE_cuda.md records what each change bought.
 //
 // What changes from v2, and why:
-//   * Bigger query blocks: B_r = 128 instead of 64. Every K/V tile that a block loads is now
-//     used by twice as many query rows, which halves the K/V traffic from L2 into shared memory
-//     (at N = 8k, d = 128, v2 streams ~32 GB of K/V through L2 per forward pass).
+//   * Bigger query blocks: B_r = 128 instead of 64. Every K/V tile a block loads is used by
+//     twice as many query rows: half the K/V traffic from L2 into shared memory.
 //   * Register blocking (kMTiles = 2): a warp owns 2 x 16 query rows, so every K or V fragment
 //     it loads with ldmatrix feeds 2 mma instead of 1: half the shared-memory reads per FLOP.
-//     Q no longer fits in registers then; it is re-read from shared memory each k-step.
+//     Q no longer fits in registers then; it is re-read from shared memory at each k-step.
+//     The accumulators (2 x 16 x d floats of O per warp) leave room for only B_c = 32 keys per
+//     tile at d = 128 before registers spill.
+//   * exp2 with flush-to-zero: ex2.approx.ftz.f32 is one MUFU instruction; exp2f() adds range
+//     handling for denormal results (extra compares and multiplies on every score).
+//   * Lazy rescaling: the running max m is only moved when a tile's max exceeds it by more than
+//     2^8 (log2 units: kRescaleThreshold = 8), and O and ℓ are rescaled only when some row of the
+//     warp moved (a warp vote). P = exp2(s - m) is then at most 2^8 = 256, harmless in fp16/bf16
+//     and fp32; the result is exactly as accurate (O / ℓ and L = m + log ℓ use the same m). On
+//     random data m stops moving after the first tiles, so the D/8*4*kMTiles multiplies per
+//     tile disappear. (FlashAttention-4 uses the same trick.)
+//   * The masked tiles (partial last tile, causal diagonal) and the unmasked ones run separate
+//     instantiations of the tile body: the common path has no branch inside it, which leaves
+//     the compiler one long basic block to schedule mma, MUFU and FMA instructions in.
 //   * K and V in separate cp.async groups: S = Q K_j^T starts as soon as K_j has landed, while
 //     V_j is still in flight; K_{j+1} streams in during the softmax and V_{j+1} during P V_j.
-//   * XOR-swizzled shared memory instead of padding: 16-byte chunk c of row r is stored at
-//     chunk c ^ (r % 8). The 8 rows an ldmatrix phase reads land in 8 different chunks (no bank
-//     conflicts), with no padding bytes (v2 wastes 6% to 25% of its shared memory on padding).
-//   * Causal: warps whose rows are all above a tile's keys skip the tile (in v2 they computed an
+//   * Causal: warps whose rows all come before a tile's first key skip the tile (v2 computed an
 //     all-masked S); query blocks are scheduled heaviest first (the last block of a causal row
 //     visits all tiles), so the last wave is made of short blocks, not long ones.
 //   * Epilogue through shared memory: each warp writes its normalised O tile to shared memory
 //     and then to global memory in 16-byte, fully coalesced stores (v2: 4-byte stores).
+//   * Optional XOR swizzle (kSwizzle) instead of padding: chunk c of row r stored at c ^ (r % 8).
+//     It saves the padding bytes, but its addresses cannot be folded into immediate offsets and
+//     cost registers; measured slower than padding here, so the defaults keep padding.
 //
-// Supports: float16 and bfloat16; head dims 64 and 128 (the swizzle needs 8 chunks of 16 bytes
-// per row, i.e. d a multiple of 64); any Nq, Nk; causal (top-left). Same alignment needs as v2.
+// Supports: float16 and bfloat16; head dims 64 and 128; any Nq, Nk; causal (top-left). Same
+// alignment needs as v2. Every tile configuration in kCandidates can be timed by name
+// (kernels.cuda_kernels.forward(..., version="v3", config=name); benchmarks/bench_cuda.py --sweep).
 //
 // Compile alone (no torch needed):
 //     nvcc -std=c++17 -O3 -arch=sm_90 -c -Xptxas -v forward_v3_tuned.cu -o /dev/null
+// Add -DFLASH_V3_SWEEP to compile every candidate configuration (the GPU build does).
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace flash {
 namespace v3 {
 
+constexpr float kRescaleThreshold = 8.0f;  // log2 units: P may reach 2^8 before m is moved
+
 // A tile configuration: kWarps warps, each owning kMTiles x 16 query rows; B_c keys per tile.
-template <int D_, int kWarps_, int kMTiles_, int B_c_, bool kSwizzle_ = true>
+template <int D_, int kWarps_, int kMTiles_, int B_c_, bool kSwizzle_ = false, bool kFastExp_ = true,
+          bool kLazyRescale_ = true, bool kSplitMask_ = true>
 struct Config {
     static constexpr int D = D_;
-    static constexpr bool kSwizzle = kSwizzle_;
-    static constexpr int LD = kSwizzle ? D : D + 8;  // row stride in shared memory (elements)
     static constexpr int kWarps = kWarps_;
     static constexpr int kMTiles = kMTiles_;
     static constexpr int B_c = B_c_;
+    static constexpr bool kSwizzle = kSwizzle_;
+    static constexpr bool kFastExp = kFastExp_;
+    static constexpr bool kLazyRescale = kLazyRescale_;
+    static constexpr bool kSplitMask = kSplitMask_;  // separate tile bodies for masked / unmasked tiles
+    static constexpr int LD = kSwizzle ? D : D + 8;  // row stride in shared memory (elements)
     static constexpr int kThreads = 32 * kWarps;
     static constexpr int kWarpRows = 16 * kMTiles;
     static constexpr int B_r = kWarps * kWarpRows;
@@ -56,6 +79,17 @@ __device__ __forceinline__ int swz(int r, int c) {
         return r * C::LD + c;
 }
 
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+template <typename C>
+__device__ __forceinline__ float exp2_(float x) {
+    if constexpr (C::kFastExp) return exp2_ftz(x);
+    else return exp2f(x);
+}
+
 template <typename T, typename C, int ROWS>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row_stride, int row0, int N, int tid) {
     constexpr int kChunks = C::D / 8;
@@ -70,13 +104,120 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row_stri
     }
 }
 
+// The registers one warp carries through the pass.
+template <typename C>
+struct WarpState {
+    float o[C::kMTiles][C::D / 8][4];  // O accumulator, unnormalised
+    float m[C::kMTiles][2];            // running max of rows g, g+8 of each m-tile (log2 units)
+    float ell[C::kMTiles][2];          // this lane's share of the running sums
+};
+
+// S = Q K_j^T for this warp's rows, masking (kMask and need_mask), and the online-softmax
+// update: on return s holds P = exp2(scale_log2 * S - m) and o, ell are rescaled to the new m.
+template <typename T, typename C, bool kMask>
+__device__ __forceinline__ void scores_softmax(float (&s)[C::kMTiles][C::B_c / 8][4], WarpState<C>& st,
+                                               const uint32_t (&q_frag)[C::kQInRegisters ? C::D / 16 : 1][4],
+                                               const T* Q_s, const T* K_j, int warp, int lane, int j0,
+                                               int row_first, const FwdParams& p, float scale_log2,
+                                               bool need_mask) {
+    constexpr int D = C::D, B_c = C::B_c, kM = C::kMTiles;
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+        for (int nt = 0; nt < B_c / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mi][nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t qa[kM][4];
+#pragma unroll
+        for (int mi = 0; mi < kM; ++mi) {
+            if constexpr (C::kQInRegisters) {
+#pragma unroll
+                for (int x = 0; x < 4; ++x) qa[mi][x] = q_frag[kk][x];
+            } else {
+                const int r = warp * C::kWarpRows + mi * 16 + lane % 16;
+                ldmatrix_x4(qa[mi], Q_s + swz<C>(r, kk * 16 + (lane / 16) * 8));
+            }
+        }
+#pragma unroll
+        for (int np = 0; np < B_c / 16; ++np) {
+            uint32_t kb[4];
+            const int r = np * 16 + (lane & 7) + (lane >> 4) * 8;
+            ldmatrix_x4(kb, K_j + swz<C>(r, kk * 16 + ((lane >> 3) & 1) * 8));
+#pragma unroll
+            for (int mi = 0; mi < kM; ++mi) {
+                mma_16816<T>(s[mi][2 * np], qa[mi], kb[0], kb[1]);
+                mma_16816<T>(s[mi][2 * np + 1], qa[mi], kb[2], kb[3]);
+            }
+        }
+    }
+
+    if (kMask && need_mask) {
+#pragma unroll
+        for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+            for (int nt = 0; nt < B_c / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int col = j0 + nt * 8 + 2 * t + (e & 1);
+                    const int row = row_first + mi * 16 + g + (e / 2) * 8;
+                    if (col >= p.Nk || (p.causal && col > row)) s[mi][nt][e] = -INFINITY;
+                }
+    }
+
+    float alpha[kM][2];
+    bool moved = false;
+#pragma unroll
+    for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float m_tile = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < B_c / 8; ++nt) m_tile = fmaxf(m_tile, fmaxf(s[mi][nt][2 * r], s[mi][nt][2 * r + 1]));
+            m_tile = quad_max(m_tile) * scale_log2;
+            const float m_old = st.m[mi][r];
+            float m_new;
+            if constexpr (C::kLazyRescale) {
+                // Keep the stale max unless the tile's max is more than 2^8 above it.
+                const bool grow = m_tile > m_old + kRescaleThreshold;  // m_old = -inf: any finite m_tile
+                m_new = grow ? m_tile : m_old;
+                moved |= grow;
+            } else {
+                m_new = fmaxf(m_old, m_tile);
+                moved = true;
+            }
+            const float base = m_new == -INFINITY ? 0.f : m_new;
+            alpha[mi][r] = exp2_<C>(m_old - base);  // 1 where m did not move
+            st.m[mi][r] = m_new;
+            float row_sum = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < B_c / 8; ++nt) {
+                s[mi][nt][2 * r] = exp2_<C>(s[mi][nt][2 * r] * scale_log2 - base);
+                s[mi][nt][2 * r + 1] = exp2_<C>(s[mi][nt][2 * r + 1] * scale_log2 - base);
+                row_sum += s[mi][nt][2 * r] + s[mi][nt][2 * r + 1];
+            }
+            st.ell[mi][r] = alpha[mi][r] * st.ell[mi][r] + row_sum;
+        }
+    // Rescale O only when some row of the warp moved its max (a multiply by 1 changes nothing).
+    if (!C::kLazyRescale || __any_sync(0xffffffff, moved)) {
+#pragma unroll
+        for (int mi = 0; mi < kM; ++mi)
+#pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) st.o[mi][dt][e] *= alpha[mi][e / 2];
+    }
+}
+
 template <typename T, typename C>
 __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p) {
     constexpr int D = C::D, B_r = C::B_r, B_c = C::B_c, kM = C::kMTiles;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* Q_s = reinterpret_cast<T*>(smem_raw);  // (B_r, D) swizzled
-    T* K_s = Q_s + B_r * C::LD;               // (2, B_c, D)
-    T* V_s = K_s + 2 * B_c * C::LD;           // (2, B_c, D)
+    T* Q_s = reinterpret_cast<T*>(smem_raw);  // (B_r, LD)
+    T* K_s = Q_s + B_r * C::LD;               // (2, B_c, LD)
+    T* V_s = K_s + 2 * B_c * C::LD;           // (2, B_c, LD)
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
@@ -92,8 +233,8 @@ __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p)
 
     const int kv_end = p.causal ? min(p.Nk, min(p.Nq, i0 + B_r)) : p.Nk;
     const int T_c = (kv_end + B_c - 1) / B_c;
-    const int warp_row_first = i0 + warp * C::kWarpRows;  // this warp's query rows
-    const int warp_row_last = warp_row_first + C::kWarpRows - 1;
+    const int row_first = i0 + warp * C::kWarpRows;  // this warp's query rows
+    const int row_last = row_first + C::kWarpRows - 1;
 
     // Three groups in flight: Q, K_0, V_0.
     load_tile<T, C, B_r>(Q_s, Q, p.q_row_stride, i0, p.Nq, tid);
@@ -104,7 +245,6 @@ __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p)
     cp_async_commit();
 
     // Q fragments of this warp: kept in registers when they fit (kMTiles = 1).
-    const T* Q_w = Q_s + warp * C::kWarpRows * C::LD;  // this warp's rows of Q_s
     uint32_t q_frag[C::kQInRegisters ? D / 16 : 1][4];
     if constexpr (C::kQInRegisters) {
         cp_async_wait<2>();
@@ -116,11 +256,16 @@ __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p)
         }
     }
 
-    float o[kM][D / 8][4] = {};
-    float m[kM][2], ell[kM][2];
+    WarpState<C> st;
 #pragma unroll
-    for (int mi = 0; mi < kM; ++mi)
-        for (int r = 0; r < 2; ++r) m[mi][r] = -INFINITY, ell[mi][r] = 0.f;
+    for (int mi = 0; mi < kM; ++mi) {
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) st.o[mi][dt][e] = 0.f;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) st.m[mi][r] = -INFINITY, st.ell[mi][r] = 0.f;
+    }
     const float scale_log2 = p.scale * kLog2e;
 
     for (int j = 0; j < T_c; ++j) {
@@ -132,79 +277,16 @@ __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p)
         cp_async_commit();
         const T* K_j = K_s + (j & 1) * B_c * C::LD;
         const T* V_j = V_s + (j & 1) * B_c * C::LD;
-        // A causal warp whose last row is before the tile's first key has nothing to do here.
-        const bool active = !(p.causal && j0 > warp_row_last);
+        // A causal warp whose last row comes before the tile's first key has nothing to do here.
+        const bool active = !(p.causal && j0 > row_last);
+        const bool need_mask = j0 + B_c > p.Nk || (p.causal && j0 + B_c - 1 > row_first);
 
-        float s[kM][B_c / 8][4] = {};
+        float s[kM][B_c / 8][4];
         if (active) {
-            // S = Q K_j^T; each K fragment feeds kMTiles mma.
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                uint32_t qa[kM][4];
-#pragma unroll
-                for (int mi = 0; mi < kM; ++mi) {
-                    if constexpr (C::kQInRegisters) {
-#pragma unroll
-                        for (int x = 0; x < 4; ++x) qa[mi][x] = q_frag[kk][x];
-                    } else {
-                        const int r = warp * C::kWarpRows + mi * 16 + lane % 16;
-                        ldmatrix_x4(qa[mi], Q_s + swz<C>(r, kk * 16 + (lane / 16) * 8));
-                    }
-                }
-#pragma unroll
-                for (int np = 0; np < B_c / 16; ++np) {
-                    uint32_t kb[4];
-                    const int r = np * 16 + (lane & 7) + (lane >> 4) * 8;
-                    ldmatrix_x4(kb, K_j + swz<C>(r, kk * 16 + ((lane >> 3) & 1) * 8));
-#pragma unroll
-                    for (int mi = 0; mi < kM; ++mi) {
-                        mma_16816<T>(s[mi][2 * np], qa[mi], kb[0], kb[1]);
-                        mma_16816<T>(s[mi][2 * np + 1], qa[mi], kb[2], kb[3]);
-                    }
-                }
-            }
-
-            const bool need_mask = j0 + B_c > p.Nk || (p.causal && j0 + B_c - 1 > warp_row_first);
-#pragma unroll
-            for (int mi = 0; mi < kM; ++mi) {
-                const int row0 = warp_row_first + mi * 16 + g;
-                if (need_mask) {
-#pragma unroll
-                    for (int nt = 0; nt < B_c / 8; ++nt)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            const int col = j0 + nt * 8 + 2 * t + (e & 1);
-                            const int row = row0 + (e / 2) * 8;
-                            if (col >= p.Nk || (p.causal && col > row)) s[mi][nt][e] = -INFINITY;
-                        }
-                }
-                // Online softmax of rows g and g+8 of m-tile mi.
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    float m_tile = -INFINITY;
-#pragma unroll
-                    for (int nt = 0; nt < B_c / 8; ++nt)
-                        m_tile = fmaxf(m_tile, fmaxf(s[mi][nt][2 * r], s[mi][nt][2 * r + 1]));
-                    m_tile = quad_max(m_tile) * scale_log2;
-                    const float m_new = fmaxf(m[mi][r], m_tile);
-                    const float base = m_new == -INFINITY ? 0.f : m_new;
-                    const float alpha = exp2f(m[mi][r] - base);
-                    m[mi][r] = m_new;
-                    float row_sum = 0.f;
-#pragma unroll
-                    for (int nt = 0; nt < B_c / 8; ++nt) {
-                        s[mi][nt][2 * r] = exp2f(s[mi][nt][2 * r] * scale_log2 - base);
-                        s[mi][nt][2 * r + 1] = exp2f(s[mi][nt][2 * r + 1] * scale_log2 - base);
-                        row_sum += s[mi][nt][2 * r] + s[mi][nt][2 * r + 1];
-                    }
-                    ell[mi][r] = alpha * ell[mi][r] + row_sum;
-#pragma unroll
-                    for (int dt = 0; dt < D / 8; ++dt) {
-                        o[mi][dt][2 * r] *= alpha;
-                        o[mi][dt][2 * r + 1] *= alpha;
-                    }
-                }
-            }
+            if (C::kSplitMask && !need_mask)
+                scores_softmax<T, C, false>(s, st, q_frag, Q_s, K_j, warp, lane, j0, row_first, p, scale_log2, false);
+            else
+                scores_softmax<T, C, true>(s, st, q_frag, Q_s, K_j, warp, lane, j0, row_first, p, scale_log2, need_mask);
         }
 
         cp_async_wait<1>();  // V_j has landed (K_{j+1} may still be in flight)
@@ -231,8 +313,8 @@ __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p)
                     ldmatrix_x4_trans(vb, V_j + swz<C>(r, dp * 16 + (lane >> 4) * 8));
 #pragma unroll
                     for (int mi = 0; mi < kM; ++mi) {
-                        mma_16816<T>(o[mi][2 * dp], a[mi], vb[0], vb[1]);
-                        mma_16816<T>(o[mi][2 * dp + 1], a[mi], vb[2], vb[3]);
+                        mma_16816<T>(st.o[mi][2 * dp], a[mi], vb[0], vb[1]);
+                        mma_16816<T>(st.o[mi][2 * dp + 1], a[mi], vb[2], vb[3]);
                     }
                 }
             }
@@ -243,20 +325,20 @@ __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p)
 
     // Epilogue: normalise, write L, stage O in this warp's rows of Q_s (only this warp reads
     // them), then 16-byte coalesced stores.
-    T* O_w = const_cast<T*>(Q_w);
+    T* O_w = Q_s + warp * C::kWarpRows * C::LD;
 #pragma unroll
     for (int mi = 0; mi < kM; ++mi)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            const float ell_row = quad_sum(ell[mi][r]);
+            const float ell_row = quad_sum(st.ell[mi][r]);
             const float inv = ell_row > 0.f ? 1.f / ell_row : 0.f;
             const int local_row = mi * 16 + g + 8 * r;
-            const int row = warp_row_first + local_row;
-            if (t == 0 && row < p.Nq) L[row] = ell_row > 0.f ? (m[mi][r] + log2f(ell_row)) * kLn2 : -INFINITY;
+            const int row = row_first + local_row;
+            if (t == 0 && row < p.Nq) L[row] = ell_row > 0.f ? (st.m[mi][r] + log2f(ell_row)) * kLn2 : -INFINITY;
 #pragma unroll
             for (int dt = 0; dt < D / 8; ++dt)
                 *reinterpret_cast<uint32_t*>(O_w + swz<C>(local_row, dt * 8) + 2 * t) =
-                    pack2<T>(o[mi][dt][2 * r] * inv, o[mi][dt][2 * r + 1] * inv);
+                    pack2<T>(st.o[mi][dt][2 * r] * inv, st.o[mi][dt][2 * r + 1] * inv);
         }
     __syncwarp();
     constexpr int kChunks = D / 8;
@@ -264,7 +346,7 @@ __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p)
     for (int it = 0; it < C::kWarpRows * kChunks / 32; ++it) {
         const int idx = lane + it * 32;
         const int r = idx / kChunks, c = (idx % kChunks) * 8;
-        const int row = warp_row_first + r;
+        const int row = row_first + r;
         if (row < p.Nq)
             *reinterpret_cast<uint4*>(O + row * p.o_row_stride + c) = *reinterpret_cast<const uint4*>(O_w + swz<C>(r, c));
     }
@@ -280,10 +362,10 @@ const char* launch(const FwdParams& p) {
     return "";
 }
 
-// The default configuration per head dim (chosen from the H100 sweep recorded in
-// benchmarks/results/cuda_h100.json), and the candidates the sweep times.
+// The default configuration per head dim, chosen from the sweep recorded in
+// benchmarks/results/cuda_h100.json (see benchmarks/PERFORMANCE_cuda.md).
 using Default64 = Config<64, 4, 2, 64>;
-using Default128 = Config<128, 4, 2, 64>;
+using Default128 = Config<128, 4, 2, 32>;
 
 template <typename T>
 const char* launch_default(const FwdParams& p) {
@@ -300,26 +382,41 @@ struct Candidate {
     const char* (*run)(const FwdParams&);
 };
 
+// Candidates other than the defaults are compiled for float16 only (the sweep times fp16).
 template <typename C>
 const char* run_candidate(const FwdParams& p) {
+    constexpr bool is_default = std::is_same<C, Default64>::value || std::is_same<C, Default128>::value;
     if (p.dtype == DType::kFloat16) return launch<__half, C>(p);
-    if (p.dtype == DType::kBFloat16) return launch<__nv_bfloat16, C>(p);
-    return format_error("cuda forward v3 supports float16 and bfloat16; got %s", dtype_name(p.dtype));
+    if constexpr (is_default) {
+        if (p.dtype == DType::kBFloat16) return launch<__nv_bfloat16, C>(p);
+    }
+    return format_error("cuda forward v3: this sweep configuration is compiled for float16 only; got %s",
+                        dtype_name(p.dtype));
 }
 
+// Names: d<head dim>_w<warps>_m<m-tiles per warp>_bc<B_c>, then pad|swz, then the switches
+// that are off (exp2f: accurate exp2f instead of ex2.approx.ftz; eager: rescale every tile;
+// onebody: one tile body with a run-time mask branch inside, as in v2).
 const Candidate kCandidates[] = {
-    {"d64_w4_m2_bc64", 64, run_candidate<Config<64, 4, 2, 64>>},
-    {"d64_w4_m2_bc64_pad", 64, run_candidate<Config<64, 4, 2, 64, false>>},
-    {"d64_w4_m2_bc128_pad", 64, run_candidate<Config<64, 4, 2, 128, false>>},
-    {"d64_w8_m1_bc64", 64, run_candidate<Config<64, 8, 1, 64>>},
-    {"d64_w8_m1_bc128_pad", 64, run_candidate<Config<64, 8, 1, 128, false>>},
-    {"d64_w4_m1_bc64", 64, run_candidate<Config<64, 4, 1, 64>>},
-    {"d128_w4_m2_bc64", 128, run_candidate<Config<128, 4, 2, 64>>},
-    {"d128_w4_m2_bc64_pad", 128, run_candidate<Config<128, 4, 2, 64, false>>},
-    {"d128_w4_m2_bc32_pad", 128, run_candidate<Config<128, 4, 2, 32, false>>},
-    {"d128_w8_m1_bc64", 128, run_candidate<Config<128, 8, 1, 64>>},
-    {"d128_w8_m1_bc64_pad", 128, run_candidate<Config<128, 8, 1, 64, false>>},
-    {"d128_w4_m1_bc64", 128, run_candidate<Config<128, 4, 1, 64>>},
+    {"d64_w4_m2_bc64_pad", 64, run_candidate<Default64>},
+    {"d128_w4_m2_bc32_pad", 128, run_candidate<Default128>},
+#ifdef FLASH_V3_SWEEP
+    {"d64_w4_m2_bc64_pad_exp2f_eager_onebody", 64, run_candidate<Config<64, 4, 2, 64, false, false, false, false>>},
+    {"d64_w4_m2_bc64_pad_exp2f_eager", 64, run_candidate<Config<64, 4, 2, 64, false, false, false>>},
+    {"d64_w4_m2_bc64_pad_eager", 64, run_candidate<Config<64, 4, 2, 64, false, true, false>>},
+    {"d64_w4_m2_bc64_swz", 64, run_candidate<Config<64, 4, 2, 64, true>>},
+    {"d64_w4_m2_bc128_pad", 64, run_candidate<Config<64, 4, 2, 128>>},
+    {"d64_w4_m2_bc32_pad", 64, run_candidate<Config<64, 4, 2, 32>>},
+    {"d64_w8_m2_bc64_pad", 64, run_candidate<Config<64, 8, 2, 64>>},
+    {"d64_w4_m1_bc64_pad", 64, run_candidate<Config<64, 4, 1, 64>>},
+    {"d128_w4_m2_bc32_pad_exp2f_eager_onebody", 128, run_candidate<Config<128, 4, 2, 32, false, false, false, false>>},
+    {"d128_w4_m2_bc32_pad_exp2f_eager", 128, run_candidate<Config<128, 4, 2, 32, false, false, false>>},
+    {"d128_w4_m2_bc32_pad_eager", 128, run_candidate<Config<128, 4, 2, 32, false, true, false>>},
+    {"d128_w4_m2_bc32_swz", 128, run_candidate<Config<128, 4, 2, 32, true>>},
+    {"d128_w4_m2_bc64_pad", 128, run_candidate<Config<128, 4, 2, 64>>},
+    {"d128_w8_m2_bc32_pad", 128, run_candidate<Config<128, 8, 2, 32>>},
+    {"d128_w8_m1_bc64_pad", 128, run_candidate<Config<128, 8, 1, 64>>},
+#endif
 };
 constexpr int kNumCandidates = sizeof(kCandidates) / sizeof(kCandidates[0]);
 
