@@ -870,8 +870,11 @@ class Bench:
         if self.dev.type != "cuda":
             print(f"\n*** {CPU_WARNING} ***")
         if cfg.plots:
-            for path in write_plots(data, cfg.out, cfg.name):
-                print(f"plot: {path}")
+            try:
+                for path in write_plots(data, cfg.out, cfg.name):
+                    print(f"plot: {path}")
+            except Exception as e:  # e.g. no matplotlib on the GPU machine: the JSON is what matters
+                print(f"plots not written ({_one_line(e)}); make them later with --report {self.json_path()}")
         print(f"json: {self.json_path()}")
         return data
 
