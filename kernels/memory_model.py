@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import os
 
 import torch
 
@@ -481,6 +482,9 @@ def _cpu_peak(fn):
     allocation events (each event: +bytes on allocation, -bytes on free)."""
     from torch.profiler import ProfilerActivity, profile
 
+    # Kineto (the profiler's backend) logs every start and stop on stderr at its default level;
+    # level 6 keeps it quiet. Read when the profiler first starts; a value the user set wins.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
     from torch._C._profiler import _EventType
@@ -508,7 +512,8 @@ def measure_peak_bytes(fn, device=None):
     are recorded with torch.profiler (profile_memory=True) and replayed in time order. Both
     count tensors of torch's allocator (what the model predicts), not memory that libraries
     such as BLAS allocate on their own. Run fn once before measuring so that one-time
-    allocations (a BLAS workspace, compiled kernels) are not counted.
+    allocations (a BLAS workspace, compiled kernels) are not counted, and make its inputs
+    before the call: on a CPU, freeing inside fn a tensor made before it is not seen.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda":
