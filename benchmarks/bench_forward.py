@@ -128,13 +128,9 @@ def precompile(jobs, workers=None):
 
 
 # ---------------------------------------------------------------------------------------------
-def sweep(args):
-    """Time every candidate config at one N for d=64 and d=128, causal and not, pointer and TMA."""
-    import kernels.triton_forward as tf
-
-    # (BLOCK_M, BLOCK_N, num_warps, num_stages, TMA): the pointer path needs 8 warps at BLOCK_M=128
-    # (4 warps spill: its address tensors take registers that TMA does not need)
-    cands = {
+SWEEPS = {
+    # first pass (N=8192): tile shapes, warps, stages, pointers vs TMA
+    "wide": {
         64: [(128, 64, 4, 2, True), (128, 64, 4, 3, True), (128, 64, 4, 4, True), (128, 128, 4, 2, True),
              (128, 128, 4, 3, True), (128, 64, 8, 3, True), (128, 128, 8, 2, True), (128, 128, 8, 3, True),
              (64, 64, 4, 3, True), (64, 128, 4, 2, True), (256, 64, 8, 2, True), (256, 128, 8, 2, True),
@@ -144,7 +140,24 @@ def sweep(args):
               (64, 64, 4, 3, True), (64, 128, 4, 2, True), (128, 64, 4, 2, True), (128, 32, 4, 3, True),
               (128, 64, 8, 2, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False), (64, 64, 4, 3, False),
               (64, 128, 4, 2, False)],
-    }
+    },
+    # second pass (N=4096 and 16384): around the winners, deeper pipelines
+    "narrow": {
+        64: [(128, 128, 4, 3, True), (64, 128, 4, 2, True), (128, 64, 4, 4, True), (128, 64, 4, 3, True),
+             (128, 128, 4, 4, True), (64, 128, 4, 3, True), (128, 64, 4, 5, True), (64, 64, 4, 4, True)],
+        128: [(128, 128, 8, 3, True), (128, 64, 8, 3, True), (128, 64, 4, 2, True), (128, 64, 8, 4, True),
+              (128, 64, 4, 3, True), (64, 64, 4, 4, True), (128, 32, 8, 4, True)],
+    },
+}
+
+
+def sweep(args):
+    """Time every candidate config at one N for d=64 and d=128, causal and not, pointer and TMA."""
+    import kernels.triton_forward as tf
+
+    # (BLOCK_M, BLOCK_N, num_warps, num_stages, TMA): the pointer path needs 8 warps at BLOCK_M=128
+    # (4 warps spill: its address tensors take registers that TMA does not need)
+    cands = SWEEPS[args.sweep_set]
     if args.tma_only:
         cands = {d: [c for c in cs if c[4]] for d, cs in cands.items()}
     jobs = [(d, H, "float16", c, dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s), t)
@@ -180,7 +193,8 @@ def sweep(args):
                           f"  {'ok' if r['ok'] else 'WRONG'}", flush=True)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "forward_sweep_h100.json").write_text(json.dumps(dict(meta=meta(), rows=rows), indent=1))
+    name = "forward_sweep_h100_n" + "-".join(str(n) for n in args.sweep_n) + ".json"
+    (out / name).write_text(json.dumps(dict(meta=meta(), rows=rows), indent=1))
 
 
 def precompile_for_tests():
@@ -311,6 +325,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sweep", action="store_true", help="time every candidate config (tuning)")
     p.add_argument("--sweep-n", type=int, nargs="+", default=[8192])
+    p.add_argument("--sweep-set", choices=sorted(SWEEPS), default="narrow")
     p.add_argument("--tma-only", action="store_true")
     p.add_argument("--n", type=int, nargs="+", default=NS)
     p.add_argument("--peers", nargs="*", default=PEERS)

@@ -228,8 +228,9 @@ def _attention_forward_kernel(
 
     # epilogue: O_i = acc / ℓ, L_i = (m + log2 ℓ) · ln 2; a row that saw no key gets O = 0, L = -inf
     seen = l_i > 0.0
-    o = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.math.log2(l_i)) * _LN2, float("-inf"))
+    l_safe = tl.where(seen, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * _LN2, float("-inf"))
     tl.store(L + bh.to(tl.int64) * N_q + offs_m, lse, mask=offs_m < N_q)
     if USE_TMA:
         o_desc = tl.make_tensor_descriptor(o_base, shape=[N_q, HEAD_DIM], strides=[stride_on, 1],
@@ -250,13 +251,17 @@ def _attention_forward_kernel(
 #: BLOCK_M = 2·BLOCK_N so that causal query blocks have two diagonal key blocks.
 CPU_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1)
 
-#: Hopper (H100) configs per padded head dim, fp16/bf16, best first. Chosen by
-#: benchmarks/bench_forward.py --sweep (see benchmarks/PERFORMANCE_forward.md).
+#: Hopper (H100) configs per padded head dim, fp16/bf16, best first: (BLOCK_M, BLOCK_N, num_warps,
+#: num_stages). Measured with benchmarks/bench_forward.py --sweep (benchmarks/PERFORMANCE_forward.md):
+#: with TMA, BLOCK_M=128 fits in one warpgroup (4 warps) at d <= 64; at d=128 two warpgroups (8 warps)
+#: and a 128 x 128 tile with 3 stages win. The last entries serve the pointer path (strided inputs),
+#: which needs more registers for its address tensors.
 GPU_CONFIGS = {
-    16: [(128, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
-    32: [(128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 4, 3)],
-    64: [(128, 128, 8, 3), (128, 64, 4, 3), (128, 128, 4, 2), (128, 64, 8, 3)],
-    128: [(128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
+    16: [(128, 128, 4, 3), (64, 128, 4, 2), (128, 64, 4, 3), (64, 64, 4, 3)],
+    32: [(128, 128, 4, 3), (64, 128, 4, 2), (128, 64, 4, 3), (64, 64, 4, 3)],
+    64: [(128, 128, 4, 3), (64, 128, 4, 2), (128, 64, 4, 4), (128, 64, 4, 3), (128, 128, 4, 4), (64, 64, 4, 3),
+         (128, 64, 8, 3)],
+    128: [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 2), (128, 64, 8, 4), (64, 64, 4, 3)],
     256: [(64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
 }
 #: fp32 inputs: IEEE fp32 dot products have no wgmma path and twice the bytes: smaller tiles.
