@@ -69,29 +69,34 @@ MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
 if kdev.HAS_TRITON:
 
     @triton.jit
-    def _keep_tile(seed, bh, Nq, Nk, offs_m, offs_n, p_drop):
-        """Dropout keep decisions of the tile rows offs_m × keys offs_n of (batch·head) bh:
-        uniform(seed, ((b·H + h)·Nq + i)·Nk + j) >= p. int64 offsets: B·H·Nq·Nk passes 2³¹ quickly."""
-        offset = (bh.to(tl.int64) * Nq + offs_m[:, None].to(tl.int64)) * Nk + offs_n[None, :].to(tl.int64)
+    def _keep_tile(seed, bh, Nq, Nk, rows, cols, p_drop):
+        """Dropout keep decisions for a tile of (batch·head) bh: uniform(seed, offset) >= p with
+        offset = ((b·H + h)·Nq + i)·Nk + j. rows (query indices i) and cols (key indices j) are 2-D
+        index grids, offs_m[:, None] and offs_n[None, :] for a (B_r, B_c) tile or transposed for a
+        (B_c, B_r) one: the numbers belong to the elements, not to the tile's orientation.
+        int64 offsets: B·H·Nq·Nk passes 2³¹ quickly."""
+        offset = (bh.to(tl.int64) * Nq + rows.to(tl.int64)) * Nk + cols.to(tl.int64)
         return tl.rand(seed, offset) >= p_drop
 
     @triton.jit
-    def _visible_and_scores(s, Mask, b, h, offs_m, offs_n, Nq, Nk,
+    def _visible_and_scores(s, Mask, b, h, rows, cols, Nq, Nk,
                             stride_mb, stride_mh, stride_mm, stride_mn,
                             IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr):
-        """Apply every mask to a score tile s (B_r, B_c) that is already in the log2 domain.
+        """Apply every mask to a score tile s that is already in the log2 domain.
 
-        Returns s with -inf where query i may not see key j: keys past Nk, keys right of the
-        diagonal (causal), False entries of a boolean mask; an additive mask is added (· log2 e).
-        The mask tile is read through its strides (0 on broadcast dims), never materialised.
+        rows / cols are the tile's query / key index grids (see _keep_tile), so the same code
+        serves S (B_r, B_c) and Sᵀ (B_c, B_r). Returns s with -inf where query i may not see
+        key j: keys past Nk, keys right of the diagonal (causal), False entries of a boolean
+        mask; an additive mask is added (· log2 e). The mask tile is read through its strides
+        (0 on broadcast dims), never materialised.
         """
-        visible = (offs_n[None, :] < Nk) & (offs_m[:, None] < Nq)
+        in_bounds = (cols < Nk) & (rows < Nq)
+        visible = in_bounds
         if IS_CAUSAL:
-            visible = visible & (offs_n[None, :] <= offs_m[:, None])
+            visible = visible & (cols <= rows)
         if MASK_KIND != 0:
             m_ptrs = (Mask + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
-                      + offs_m[:, None].to(tl.int64) * stride_mm + offs_n[None, :].to(tl.int64) * stride_mn)
-            in_bounds = (offs_m[:, None] < Nq) & (offs_n[None, :] < Nk)
+                      + rows.to(tl.int64) * stride_mm + cols.to(tl.int64) * stride_mn)
             if MASK_KIND == 1:  # boolean, stored as uint8: 1 = attend
                 allowed = tl.load(m_ptrs, mask=in_bounds, other=0)
                 visible = visible & (allowed != 0)
@@ -144,7 +149,7 @@ if kdev.HAS_TRITON:
             v = _load_tile(V + offs_n[:, None] * stride_vn + offs_dv[None, :], offs_n, Nk, offs_dv,
                            HEAD_DIM_V, BLOCK_DV, True)  # (B_c, d_v)
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # (B_r, B_c), S · log2 e
-            s = _visible_and_scores(s, Mask, b, h, offs_m, offs_n, Nq, Nk,
+            s = _visible_and_scores(s, Mask, b, h, offs_m[:, None], offs_n[None, :], Nq, Nk,
                                     stride_mb, stride_mh, stride_mm, stride_mn, IS_CAUSAL, MASK_KIND)
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             # a row that has seen only masked keys has m = -inf: exponentiate against 0 instead,
@@ -154,7 +159,7 @@ if kdev.HAS_TRITON:
             alpha = tl.math.exp2(m_i - m_safe)  # rescales what was accumulated so far
             ell = ell * alpha + tl.sum(p, axis=1)  # ℓ counts every key, dropped or not
             if DROPOUT:  # drop after the row sum: dropout acts on the normalised P
-                p = tl.where(_keep_tile(seed, bh, Nq, Nk, offs_m, offs_n, p_drop), p, 0.0)
+                p = tl.where(_keep_tile(seed, bh, Nq, Nk, offs_m[:, None], offs_n[None, :], p_drop), p, 0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
             m_i = m_new
 
@@ -185,8 +190,8 @@ if kdev.HAS_TRITON:
         """One program: B_c keys of one (batch, K/V head). It walks the query blocks of every
         query head of the group and accumulates dV_j = Σ Pᵀ dO and dK_j = scale · Σ dSᵀ Q on chip.
 
-        The tile is kept in the forward's orientation (B_r, B_c) so that the masks, the causal
-        test and the dropout offsets read exactly as in the forward kernel.
+        It works on the transposed tile (B_c, B_r); the mask, causal and dropout helpers take
+        index grids, so they read the same elements as in the forward kernel.
         """
         pid_n = tl.program_id(0)
         bhk = tl.program_id(1)
@@ -220,20 +225,22 @@ if kdev.HAS_TRITON:
                                 HEAD_DIM_V, BLOCK_DV, True)  # (B_r, d_v)
                 lg = tl.load(Lg + bh * Nq + offs_m, mask=offs_m < Nq, other=float("inf"))  # L·log2 e
                 Di = tl.load(D + bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)
-                s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # (B_r, B_c)
-                s = _visible_and_scores(s, Mask, b, h, offs_m, offs_n, Nq, Nk,
-                                        stride_mb, stride_mh, stride_mm, stride_mn, IS_CAUSAL, MASK_KIND)
-                p = tl.math.exp2(s - lg[:, None])  # P = exp(S − L), final at once; 0 where masked
-                dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # dP̂ = dO Vᵀ, of the dropped P̂
+                # the transposed tile Sᵀ = K_j Q_iᵀ (B_c, B_r): every product below has the key
+                # block on the left, so no computed tile needs a transpose (as in lesson 04)
+                sT = tl.dot(k, tl.trans(q), input_precision=PREC) * qk_scale  # (B_c, B_r)
+                sT = _visible_and_scores(sT, Mask, b, h, offs_m[None, :], offs_n[:, None], Nq, Nk,
+                                         stride_mb, stride_mh, stride_mm, stride_mn, IS_CAUSAL, MASK_KIND)
+                pT = tl.math.exp2(sT - lg[None, :])  # Pᵀ = exp(S − L)ᵀ, final at once; 0 where masked
+                dpT = tl.dot(v, tl.trans(do), input_precision=PREC)  # dP̂ᵀ = V_j dO_iᵀ, of the dropped P̂
                 if DROPOUT:  # P̂ = P ∘ Z/(1-p): the same Z as the forward, drawn again
-                    keep = _keep_tile(seed, bh, Nq, Nk, offs_m, offs_n, p_drop)
-                    p_hat = tl.where(keep, p, 0.0) * (1.0 / (1.0 - p_drop))
-                    dp = tl.where(keep, dp, 0.0) * (1.0 / (1.0 - p_drop))  # dP = dP̂ ∘ Z/(1-p)
+                    keepT = _keep_tile(seed, bh, Nq, Nk, offs_m[None, :], offs_n[:, None], p_drop)
+                    p_hatT = tl.where(keepT, pT, 0.0) * (1.0 / (1.0 - p_drop))
+                    dpT = tl.where(keepT, dpT, 0.0) * (1.0 / (1.0 - p_drop))  # dP = dP̂ ∘ Z/(1-p)
                 else:
-                    p_hat = p
-                dv += tl.dot(tl.trans(p_hat.to(do.dtype)), do, input_precision=PREC)  # dV_j += P̂ᵀ dO_i
-                ds = p * (dp - Di[:, None])  # dS = P ∘ (dP − D)
-                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)  # dK_j += dSᵀ Q_i
+                    p_hatT = pT
+                dv += tl.dot(p_hatT.to(do.dtype), do, input_precision=PREC)  # dV_j += P̂ᵀ dO_i
+                dsT = pT * (dpT - Di[None, :])  # dSᵀ = Pᵀ ∘ (dPᵀ − D)
+                dk += tl.dot(dsT.to(q.dtype), q, input_precision=PREC)  # dK_j += dSᵀ Q_i
         dk = dk * scale
         rows = offs_n[:, None] < Nk
         out_k = bhk.to(tl.int64) * Nk * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]  # dK contiguous
@@ -285,12 +292,12 @@ if kdev.HAS_TRITON:
             v = _load_tile(V + offs_n[:, None] * stride_vn + offs_dv[None, :], offs_n, Nk, offs_dv,
                            HEAD_DIM_V, BLOCK_DV, True)  # (B_c, d_v)
             s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-            s = _visible_and_scores(s, Mask, b, h, offs_m, offs_n, Nq, Nk,
+            s = _visible_and_scores(s, Mask, b, h, offs_m[:, None], offs_n[None, :], Nq, Nk,
                                     stride_mb, stride_mh, stride_mm, stride_mn, IS_CAUSAL, MASK_KIND)
             p = tl.math.exp2(s - lg[:, None])  # P (B_r, B_c)
             dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # dP̂ = dO Vᵀ
             if DROPOUT:
-                keep = _keep_tile(seed, bh, Nq, Nk, offs_m, offs_n, p_drop)
+                keep = _keep_tile(seed, bh, Nq, Nk, offs_m[:, None], offs_n[None, :], p_drop)
                 dp = tl.where(keep, dp, 0.0) * (1.0 / (1.0 - p_drop))
             ds = p * (dp - Di[:, None])  # dS = P ∘ (dP − D)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)  # dQ_i += dS K_j
@@ -304,7 +311,7 @@ if kdev.HAS_TRITON:
         bh = tl.program_id(2)
         offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        keep = _keep_tile(seed, bh, Nq, Nk, offs_m, offs_n, p_drop)
+        keep = _keep_tile(seed, bh, Nq, Nk, offs_m[:, None], offs_n[None, :], p_drop)
         ptrs = Out + (bh.to(tl.int64) * Nq + offs_m[:, None]) * Nk + offs_n[None, :]
         tl.store(ptrs, keep.to(tl.uint8), mask=(offs_m[:, None] < Nq) & (offs_n[None, :] < Nk))
 
