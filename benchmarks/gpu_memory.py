@@ -104,7 +104,7 @@ def implementations(device: torch.device) -> tuple[list[dict], list[str]]:
     if fn is None:
         notes.append(f"course Triton kernel skipped: {why}")
     else:
-        impls.append({"name": "triton", "fn": fn, "model": "triton", "backward": False})
+        impls.append({"name": "triton", "fn": fn, "model": "triton", "backward": False, "warm_each_n": True})
     if device.type == "cuda":
         impls.append({"name": "sdpa_efficient", "fn": _sdpa("EFFICIENT_ATTENTION"), "model": None, "backward": True})
         impls.append({"name": "sdpa_cudnn", "fn": _sdpa("CUDNN_ATTENTION"), "model": None, "backward": True})
@@ -120,8 +120,9 @@ def _free_memory(device: torch.device) -> int | None:
 
 
 def _clear(device: torch.device) -> None:
-    gc.collect()
+    """Free what the last call left: cycles (an exception's frames) and the allocator's cache."""
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
 
@@ -131,8 +132,10 @@ def _is_oom(e: BaseException) -> bool:
     return (oom is not None and isinstance(e, oom)) or "out of memory" in str(e).lower()
 
 
-def measure_point(fn, B, H, N, d, dtype, device, backward: bool) -> dict:
-    """Peak extra memory of one call (forward, or forward then backward), as a record."""
+def measure_point(fn, B, H, N, d, dtype, device, backward: bool, warmup: bool = False) -> dict:
+    """Peak extra memory of one call (forward, or forward then backward), as a record.
+    warmup: call once first at this very shape (an autotuner benchmarks its configs on the
+    first call of each shape, with a cache-flush buffer that is not the kernel's memory)."""
     g = torch.Generator(device=device)
     g.manual_seed(N)
     q, k, v = (torch.randn(B, H, N, d, generator=g, device=device, dtype=dtype) for _ in range(3))  # (B, H, N, d)
@@ -148,9 +151,14 @@ def measure_point(fn, B, H, N, d, dtype, device, backward: bool) -> dict:
         return None
 
     _clear(device)
-    free = _free_memory(device)
+    free = _free_memory(device)  # what is left for the call once the inputs are allocated
     t0 = time.perf_counter()
     try:
+        if warmup:
+            call()
+            for t in (q, k, v):
+                t.grad = None
+            _clear(device)
         peak, _ = mm.measure_peak_bytes(call, device)
         status, error = "ok", ""
     except Exception as e:  # OOM, or a backend that does not support this shape
@@ -193,7 +201,8 @@ def sweep(impls, Ns, B, H, d, dtype, device, deadline: float) -> tuple[list[dict
                     rec.update({"status": "skipped", "note": "time budget"})
                     records.append(rec)
                     continue
-                rec.update(measure_point(impl["fn"], B, H, N, d, dtype, device, backward))
+                rec.update(measure_point(impl["fn"], B, H, N, d, dtype, device, backward,
+                                         warmup=impl.get("warm_each_n", False)))
                 if rec["free_bytes_before"] is not None and predicted is not None:
                     rec["predicted_oom"] = predicted > rec["free_bytes_before"]
                 if rec["status"] == "ok" and predicted:
@@ -252,8 +261,12 @@ def matmul_throughput(device, n: int, dtype, reps: int) -> dict:
 
 
 def datasheet_for(name: str):
-    """The hardware.GPUS entry for a device name, or None."""
+    """The hardware.GPUS entry for a device name, or None. kernels.hardware lists the SXM
+    boards (A100 80GB); a PCIe, NVL or 40GB board of the same chip has other clocks or
+    memory, so no match."""
     low = name.lower()
+    if "pcie" in low or "nvl" in low or "40gb" in low:
+        return None
     for key, gpu in hardware.GPUS.items():
         if key.lower() in low.replace(" ", ""):
             return gpu

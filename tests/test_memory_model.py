@@ -296,3 +296,45 @@ def test_every_hardware_number_has_a_source():
         assert math.isclose(gpu.ridge_point(), gpu.peak("fp16") / gpu.hbm_bandwidth)
     table = hardware.markdown_table()
     assert "H100" in table and "[1]" in table
+
+
+# --- The GPU benchmark's logic, on the CPU ------------------------------------------------------
+
+def _load_benchmark():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_memory.py"
+    spec = importlib.util.spec_from_file_location("gpu_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_sweep_records_model_ratio_and_out_of_memory():
+    bench = _load_benchmark()
+
+    def runs_out_of_memory_from_64(q, k, v):
+        if q.shape[2] >= 64:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
+        return mm.standard_attention(q, k, v)
+
+    impls = [{"name": "naive", "fn": mm.standard_attention, "model": "naive", "backward": True},
+             {"name": "oom", "fn": runs_out_of_memory_from_64, "model": "naive", "backward": False}]
+    records, oom_at = bench.sweep(impls, [32, 64, 128], 1, 2, 16, torch.float32, torch.device("cpu"),
+                                  deadline=float("inf"))
+    naive = [r for r in records if r["impl"] == "naive"]
+    assert len(naive) == 6 and all(r["status"] == "ok" and r["within_tolerance"] for r in naive)
+    oom = {r["N"]: r["status"] for r in records if r["impl"] == "oom"}
+    assert oom == {32: "ok", 64: "oom", 128: "skipped"}
+    assert oom_at == {"oom/forward": 64}
+    # past the deadline nothing more is measured
+    records, _ = bench.sweep(impls[:1], [32], 1, 2, 16, torch.float32, torch.device("cpu"), deadline=0.0)
+    assert {r["status"] for r in records} == {"skipped"}
+
+
+def test_benchmark_knows_which_datasheet_applies():
+    bench = _load_benchmark()
+    assert bench.datasheet_for("NVIDIA H100 80GB HBM3") is hardware.get("H100")
+    assert bench.datasheet_for("NVIDIA H100 PCIe") is None
+    assert bench.datasheet_for("NVIDIA A100-SXM4-40GB") is None
