@@ -13,11 +13,13 @@ same torch BlockMask (create_block_mask, 128 × 128 blocks) drives both kernels:
 2. timing with triton.testing.do_bench (median): the forward (inputs that require grad, so both
    save what their backward needs), and the backward alone (autograd.grad on a kept graph).
 
-Both run through their public entry points (torch.compile(flex_attention, dynamic=False) with its
-default, untuned kernel options; kernels.mini_flex.mini_flex_attention with its default tiles,
-which are FlexAttention's H100 defaults). Effective TFLOP/s count only the attended pairs:
-4·B·H·d·(pairs) forward, 2.5x that backward. Results go to benchmarks/results/flex_h100.json and
-flex_h100.png. A time budget (--budget, seconds) stops the sweep early and still writes what ran.
+Both run through their public entry points: torch.compile(flex_attention, dynamic=False) with its
+default kernel options (FlexAttention's H100 tile defaults, no autotuning), and
+kernels.mini_flex.mini_flex_attention with its default tiles (the same values), or, with --tune,
+the fastest of three candidates per head dim on the causal mask at N = 4096 (all timings are
+recorded under "tuning"). Effective TFLOP/s count only the attended pairs: 4·B·H·d·(pairs)
+forward, 2.5x that backward. Results go to benchmarks/results/flex_h100.json and flex_h100.png.
+A time budget (--budget, seconds) stops the sweep early; the JSON is rewritten after every case.
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; stop starting new cases after this")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--merge", action="store_true", help="merge into an existing flex_h100.json")
-    ap.add_argument("--sweep", action="store_true",
-                    help="after the table, time other mini-Flex tiles on causal masks, N=8192 (if time is left)")
+    ap.add_argument("--tune", action="store_true",
+                    help="first pick the mini-Flex tiles per head dim among a few candidates (causal, N=4096)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_flex needs a CUDA GPU; the recorded results are in benchmarks/results/flex_h100.json")
@@ -110,6 +112,10 @@ def main(argv=None):
     from triton.testing import do_bench
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+    # the backward is timed on a kept graph (retain_graph=True), which compiled autograd graphs
+    # refuse when they donate their saved buffers to the backward's outputs
+    if hasattr(torch._functorch.config, "donated_buffer"):
+        torch._functorch.config.donated_buffer = False
     torch._dynamo.config.cache_size_limit = 256
     if hasattr(torch._dynamo.config, "recompile_limit"):
         torch._dynamo.config.recompile_limit = 256
@@ -137,110 +143,131 @@ def main(argv=None):
         record["mini_flex_configs"] = old.get("mini_flex_configs", {})
 
     cases = [(d, H) for d, H in CASES if d in args.ds]
+    chosen = {}
+    if args.tune:
+        record["tuning"] = []
+        for d, H in cases:
+            chosen[d] = tune(d, H, do_bench, create_block_mask, record["tuning"])
+            torch.cuda.empty_cache()
     todo = [(N, mask, d, H) for N in args.ns for mask in args.masks for d, H in cases]
     for N, mask, d, H in todo:
         if time.time() - t0 > args.budget:
             print(f"time budget of {args.budget:.0f} s spent: stopping before N={N} {mask} d={d}", flush=True)
             break
-        tc = time.time()
-        B = BATCH
-        pattern = make_pattern(mask, N, dev)
-        bm = create_block_mask(pattern.mask_mod, None, None, N, N, device=dev)
-        mbm = mf.MiniBlockMask.from_torch(bm)
-        density = float(pattern.dense_mask_fn(1, 1, N, N, dev).sum()) / (N * N)
-        block_density = (1.0 - mbm.sparsity())
-        g = torch.Generator(device=dev).manual_seed(N + d)
-        q, k, v, dO = (torch.randn(B, H, N, d, device=dev, dtype=torch.float16, generator=g) for _ in range(4))
-        for t in (q, k, v):
-            t.requires_grad_(True)
-        _, fwd_cfg, bwd_cfg = mf.default_configs(d, True)
-        record["mini_flex_configs"][f"d={d}"] = {"forward": vars(fwd_cfg), "backward": vars(bwd_cfg)}
-
-        def run_flex():
-            return flex(q, k, v, block_mask=bm)
-
-        def run_mini():
-            return mf.mini_flex_attention(q, k, v, pattern, block_mask=mbm)
-
-        # correctness first
-        outs = {}
-        for name, fn in (("flex", run_flex), ("mini_flex", run_mini)):
-            O = fn()
-            grads = torch.autograd.grad(O, (q, k, v), dO)
-            outs[name] = [O.detach()] + [gr.detach() for gr in grads]
-        verdict = check(q, k, v, dO, pattern, outs["mini_flex"], outs["flex"])
-        del outs
-        row = {"mask": mask, "N": N, "d": d, "B": B, "H": H, "density": density, "block_density": block_density,
-               "check": verdict}
-        # timing
-        for name, fn in (("flex", run_flex), ("mini_flex", run_mini)):
-            row[f"{name}_fwd_ms"] = do_bench(fn, warmup=25, rep=100)
-            O = fn()
-            row[f"{name}_bwd_ms"] = do_bench(lambda: torch.autograd.grad(O, (q, k, v), dO, retain_graph=True),
-                                             warmup=25, rep=100)
-            del O
-        pairs = density * N * N
-        fl_fwd = 4 * B * H * d * pairs
-        for name in ("flex", "mini_flex"):
-            row[f"{name}_fwd_tflops"] = fl_fwd / row[f"{name}_fwd_ms"] * 1e-9
-            row[f"{name}_bwd_tflops"] = 2.5 * fl_fwd / row[f"{name}_bwd_ms"] * 1e-9
-        row["speed_fwd"] = row["flex_fwd_ms"] / row["mini_flex_fwd_ms"]  # > 1: mini-Flex faster
-        row["speed_bwd"] = row["flex_bwd_ms"] / row["mini_flex_bwd_ms"]
-        row["seconds"] = time.time() - tc
+        try:
+            row = run_case(N, mask, d, H, flex, chosen, record, do_bench, create_block_mask)
+        except Exception as e:  # one failing case must not lose the others
+            print(f"{mask} N={N} d={d}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            record.setdefault("errors", []).append({"mask": mask, "N": N, "d": d, "error": f"{type(e).__name__}: {e}"[:500]})
+            torch.cuda.empty_cache()
+            continue
         record["rows"] = [r for r in record["rows"] if (r["mask"], r["N"], r["d"]) != (mask, N, d)] + [row]
-        print(f"[{time.time() - t0:5.0f}s] {mask:15s} N={N:5d} d={d:3d}  check={'ok' if verdict['pass'] else 'FAIL'}  "
+        print(f"[{time.time() - t0:5.0f}s] {mask:15s} N={N:5d} d={d:3d}  check={'ok' if row['check']['pass'] else 'FAIL'}  "
               f"fwd {row['mini_flex_fwd_ms']:.3f}/{row['flex_fwd_ms']:.3f} ms ({row['speed_fwd']:.2f}x)  "
               f"bwd {row['mini_flex_bwd_ms']:.3f}/{row['flex_bwd_ms']:.3f} ms ({row['speed_bwd']:.2f}x)", flush=True)
-        del q, k, v, dO
         torch.cuda.empty_cache()
         path.write_text(json.dumps(record, indent=1) + "\n")
 
-    if args.sweep:
-        record["sweep"] = sweep(t0, args.budget, do_bench, create_block_mask)
     path.write_text(json.dumps(record, indent=1) + "\n")
     table(record)
     try:
         plot(record, outdir / "flex_h100.png")
     except Exception as e:  # the JSON and the table are written already
         print(f"no plot: {type(e).__name__}: {e}")
-    return 0 if all(r["check"]["pass"] for r in record["rows"]) else 1
+    return 0 if all(r["check"]["pass"] for r in record["rows"]) and not record.get("errors") else 1
 
 
-FWD_CANDIDATES = [(128, 64, 4, 3), (128, 128, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 2)]
-BWD_CANDIDATES = [(64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 4, 3), (32, 128, 128, 32, 4, 3),
-                  (64, 64, 64, 64, 4, 3), (64, 128, 128, 64, 8, 2)]
+def run_case(N, mask, d, H, flex, chosen, record, do_bench, create_block_mask, dev=None):
+    """Check, then time, one (mask, N, d): returns the row."""
+    dev = dev or torch.device("cuda")
+    tc = time.time()
+    B = BATCH
+    pattern = make_pattern(mask, N, dev)
+    bm = create_block_mask(pattern.mask_mod, None, None, N, N, device=dev)
+    mbm = mf.MiniBlockMask.from_torch(bm)
+    density = float(pattern.dense_mask_fn(1, 1, N, N, dev).sum()) / (N * N)
+    block_density = (1.0 - mbm.sparsity())
+    g = torch.Generator(device=dev).manual_seed(N + d)
+    q, k, v, dO = (torch.randn(B, H, N, d, device=dev, dtype=torch.float16, generator=g) for _ in range(4))
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    _, fwd_cfg, bwd_cfg = mf.default_configs(d, True)
+    fwd_cfg, bwd_cfg = chosen.get(d, (fwd_cfg, bwd_cfg))
+    record["mini_flex_configs"][f"d={d}"] = {"forward": vars(fwd_cfg), "backward": vars(bwd_cfg),
+                                             "how": "tuned (see tuning)" if d in chosen else "default_configs"}
+
+    def run_flex():
+        return flex(q, k, v, block_mask=bm)
+
+    def run_mini():
+        return mf.mini_flex_attention(q, k, v, pattern, block_mask=mbm, config=fwd_cfg, bwd_config=bwd_cfg)
+
+    # correctness first
+    outs = {}
+    for name, fn in (("flex", run_flex), ("mini_flex", run_mini)):
+        O = fn()
+        grads = torch.autograd.grad(O, (q, k, v), dO)
+        outs[name] = [O.detach()] + [gr.detach() for gr in grads]
+    verdict = check(q, k, v, dO, pattern, outs["mini_flex"], outs["flex"])
+    del outs
+    row = {"mask": mask, "N": N, "d": d, "B": B, "H": H, "density": density, "block_density": block_density,
+           "check": verdict}
+    # timing
+    for name, fn in (("flex", run_flex), ("mini_flex", run_mini)):
+        row[f"{name}_fwd_ms"] = do_bench(fn, warmup=25, rep=100, return_mode="median")
+        O = fn()
+        row[f"{name}_bwd_ms"] = do_bench(lambda: torch.autograd.grad(O, (q, k, v), dO, retain_graph=True),
+                                         warmup=25, rep=100, return_mode="median")
+        del O
+    pairs = density * N * N
+    fl_fwd = 4 * B * H * d * pairs
+    for name in ("flex", "mini_flex"):
+        row[f"{name}_fwd_tflops"] = fl_fwd / row[f"{name}_fwd_ms"] * 1e-9
+        row[f"{name}_bwd_tflops"] = 2.5 * fl_fwd / row[f"{name}_bwd_ms"] * 1e-9
+    row["speed_fwd"] = row["flex_fwd_ms"] / row["mini_flex_fwd_ms"]  # > 1: mini-Flex faster
+    row["speed_bwd"] = row["flex_bwd_ms"] / row["mini_flex_bwd_ms"]
+    row["seconds"] = time.time() - tc
+    return row
 
 
-def sweep(t0, budget, do_bench, create_block_mask, N=8192):
-    """Time other tiles for the mini-Flex (causal mask, N=8192): how sensitive the speed is to them."""
+#: tile candidates per head dim, default (FlexAttention's own H100 choice) first
+FWD_CANDIDATES = {64: [(128, 128, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3)],
+                  128: [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3)]}
+BWD_CANDIDATES = [(64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 4, 3), (64, 64, 64, 64, 4, 3)]
+
+
+def tune(d, H, do_bench, create_block_mask, log, N=4096):
+    """Time the candidate tiles of the mini-Flex on the causal mask at N=4096; keep the fastest
+    forward and backward (a failing candidate, e.g. out of shared memory, is logged and skipped)."""
     dev = torch.device("cuda")
-    out = []
-    for d, H in CASES:
-        pattern = fp.causal()
-        mbm = mf.MiniBlockMask.from_torch(create_block_mask(pattern.mask_mod, None, None, N, N, device=dev))
-        g = torch.Generator(device=dev).manual_seed(1)
-        q, k, v, dO = (torch.randn(BATCH, H, N, d, device=dev, dtype=torch.float16, generator=g) for _ in range(4))
-        for t in (q, k, v):
-            t.requires_grad_(True)
-        for kind, cands in (("fwd", FWD_CANDIDATES), ("bwd", BWD_CANDIDATES)):
-            for c in cands:
-                if time.time() - t0 > budget:
-                    return out
-                try:
-                    if kind == "fwd":
-                        cfg = mf.ForwardConfig(*c)
-                        fn = lambda: mf.mini_flex_attention(q, k, v, pattern, block_mask=mbm, config=cfg)  # noqa: E731
-                        ms = do_bench(fn, warmup=25, rep=100)
-                    else:
-                        cfg = mf.BackwardConfig(*c)
-                        O = mf.mini_flex_attention(q, k, v, pattern, block_mask=mbm, bwd_config=cfg)
-                        ms = do_bench(lambda: torch.autograd.grad(O, (q, k, v), dO, retain_graph=True), warmup=25, rep=100)
-                    out.append({"d": d, "N": N, "mask": "causal", "kind": kind, "config": list(c), "ms": ms})
-                    print(f"sweep {kind} d={d} {c}: {ms:.3f} ms", flush=True)
-                except Exception as e:  # a config that does not fit (shared memory) is reported, not fatal
-                    out.append({"d": d, "N": N, "kind": kind, "config": list(c), "error": f"{type(e).__name__}: {e}"[:200]})
-                    print(f"sweep {kind} d={d} {c}: {type(e).__name__}", flush=True)
-    return out
+    pattern = fp.causal()
+    mbm = mf.MiniBlockMask.from_torch(create_block_mask(pattern.mask_mod, None, None, N, N, device=dev))
+    g = torch.Generator(device=dev).manual_seed(1)
+    q, k, v, dO = (torch.randn(BATCH, H, N, d, device=dev, dtype=torch.float16, generator=g) for _ in range(4))
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    best = {}
+    for kind, cands in (("fwd", FWD_CANDIDATES[d]), ("bwd", BWD_CANDIDATES)):
+        for c in cands:
+            try:
+                if kind == "fwd":
+                    cfg = mf.ForwardConfig(*c)
+                    ms = do_bench(lambda: mf.mini_flex_attention(q, k, v, pattern, block_mask=mbm, config=cfg),
+                                  warmup=25, rep=100, return_mode="median")
+                else:
+                    cfg = mf.BackwardConfig(*c)
+                    O = mf.mini_flex_attention(q, k, v, pattern, block_mask=mbm, bwd_config=cfg)
+                    ms = do_bench(lambda: torch.autograd.grad(O, (q, k, v), dO, retain_graph=True), warmup=25, rep=100, return_mode="median")
+                    del O
+                log.append({"d": d, "N": N, "mask": "causal", "kind": kind, "config": list(c), "ms": ms})
+                print(f"tune {kind} d={d} {c}: {ms:.3f} ms", flush=True)
+                if kind not in best or ms < best[kind][0]:
+                    best[kind] = (ms, cfg)
+            except Exception as e:
+                log.append({"d": d, "N": N, "kind": kind, "config": list(c), "error": f"{type(e).__name__}: {e}"[:300]})
+                print(f"tune {kind} d={d} {c}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    _, f0, b0 = mf.default_configs(d, True)
+    return (best["fwd"][1] if "fwd" in best else f0), (best["bwd"][1] if "bwd" in best else b0)
 
 
 def table(record):

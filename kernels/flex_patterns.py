@@ -134,7 +134,7 @@ class Pattern:
         """The same pattern with its buffers on `device` (the torch mods capture the buffers, so
         a pattern with buffers is rebuilt by its factory)."""
         bufs = [t for t in (self.mask_buffer, self.score_buffer) if t is not None]
-        if all(t.device == torch.device(device) for t in bufs):
+        if all(_on(t, device) for t in bufs):
             return self
         args = {k: v for k, v in self.params.items() if k not in ("factory", "per_batch")}
         return _FACTORIES[self.params["factory"]](**args, device=device)
@@ -268,6 +268,16 @@ def _ones(Nq, Nk, device):
 def _positions(Nq, Nk, device):
     """i (Nq, 1) and j (1, Nk): query and key positions."""
     return torch.arange(Nq, device=device)[:, None], torch.arange(Nk, device=device)[None, :]
+
+
+def _on(t: torch.Tensor, device) -> bool:
+    """t lives on `device` ("cuda" means the current CUDA device, as torch.device does)."""
+    d = torch.device(device)
+    if t.device.type != d.type:
+        return False
+    if d.index is None and d.type == "cuda":
+        return t.device.index == torch.cuda.current_device()
+    return d.index is None or t.device.index == d.index
 
 
 def _check_int(name, value, low=0):
@@ -501,7 +511,7 @@ def relative_bias(table: torch.Tensor, causal: bool = False, device=None) -> Pat
         raise ValueError("table must be a tensor (H, 2R+1) of biases, one row per head")
     if table.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"table must be float32 (float64 for a ground-truth reference), got {table.dtype}")
-    if device is not None and table.device != torch.device(device):
+    if device is not None and not _on(table, device):
         if table.requires_grad:
             raise ValueError(f"the learnable table is on {table.device}: create it on {device}")
         table = table.to(device)

@@ -232,7 +232,7 @@ def test_gpu_every_pattern_matches_flex_attention():
     float64 truth is at most twice FlexAttention's own."""
     N = 1000
     for name, p in fp.example_patterns(N, H=4, device="cuda", learnable=True, seed=N).items():
-        compare_with_flex(name, p, N, ("causal", "softcap"), seed=len(name))
+        compare_with_flex(name, p, N, ("softcap",), seed=len(name))
 
 
 @pytest.mark.gpu
@@ -241,7 +241,7 @@ def test_gpu_whole_blocks_match_flex_attention():
     N = 1024
     for name, p in fp.example_patterns(N, H=4, device="cuda", learnable=True, seed=N,
                                        names=("causal", "document", "relative_bias", "global_local")).items():
-        compare_with_flex(name, p, N, ("document",), seed=len(name))
+        compare_with_flex(name, p, N, (), seed=len(name))
 
 
 @pytest.mark.gpu
