@@ -41,6 +41,18 @@ CASES = [(64, 32), (128, 16)]  # (d, H)
 BATCH = 4
 NS = [1024, 2048, 4096, 8192, 16384]
 SWEEP_N = 8192
+#: What --sweep times, per (d, causal): the current best first (the baseline, in the same run), then
+#: variations around it. Earlier sweeps' results are in benchmarks/results/ and PERFORMANCE_backward.md.
+SWEEP = {
+    (64, False): dict(dkdv=[(64, 128, 4, 3), (64, 128, 4, 2), (64, 128, 4, 4), (128, 128, 8, 3)],
+                      dq=[(128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 8, 3)]),
+    (64, True): dict(dkdv=[(64, 64, 4, 3), (64, 64, 4, 2), (64, 64, 4, 4), (32, 64, 4, 3)],
+                     dq=[(64, 64, 4, 3), (64, 64, 4, 2), (64, 64, 4, 4), (64, 32, 4, 3)]),
+    (128, False): dict(dkdv=[(64, 128, 8, 3), (64, 128, 8, 2), (64, 128, 8, 4), (32, 128, 8, 3)],
+                       dq=[(128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 32, 8, 3)]),
+    (128, True): dict(dkdv=[(64, 128, 8, 3), (64, 128, 8, 2), (64, 128, 8, 4), (32, 128, 8, 3)],
+                      dq=[(128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 32, 8, 3)]),
+}
 PROVIDERS = ["triton", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "flex"]
 DEV = "cuda"  # "cpu" with --cpu-smoke: tiny shapes under the interpreter, to test this script only
 
@@ -103,7 +115,9 @@ def check_small(tb, reference, tolerance, config=None, N=1000, d=64, dtype=torch
 # ------------------------------------------------------------------------------------------------
 # 2. the sweep: each kernel's candidates, alone
 # ------------------------------------------------------------------------------------------------
-def sweep(tb, reference, tolerance, budget, results):
+def sweep(tb, reference, tolerance, budget, results, share=0.5):
+    """Time each candidate of each kernel alone; returns the best BackwardConfig per (d, causal).
+    Stops once `share` of the time budget is used (the rest is for the timing against peers)."""
     best = {}
     for d, H in CASES:
         for causal in (False, True):
@@ -113,26 +127,31 @@ def sweep(tb, reference, tolerance, budget, results):
             prob = tb._Problem(q, k, v, O, L, dO, causal, None)
             fl = fwd_flops(BATCH, H, SWEEP_N, d, causal)
             rows = {"dkdv": [], "dq": []}
-            for kind, cands, run in (("dkdv", tb.DKDV_CANDIDATES, prob.run_dkdv), ("dq", tb.DQ_CANDIDATES, prob.run_dq)):
+            plan = SWEEP.get((d, causal)) or dict(dkdv=tb.candidates("dkdv", d, causal, torch.float16),
+                                                   dq=tb.candidates("dq", d, causal, torch.float16))
+            for kind, cands, run in (("dkdv", plan["dkdv"], prob.run_dkdv), ("dq", plan["dq"], prob.run_dq)):
                 for cfg in cands if DEV == "cuda" else cands[:2]:
-                    if budget.left() < 60 or budget.used() > 0.5 * budget.seconds:
+                    if budget.left() < 20 or budget.used() > share * budget.seconds:
                         log("  sweep: half the budget used, stopping the sweep")
                         break
                     if d >= 128 and cfg[0] * cfg[1] >= 128 * 128:
                         continue
-                    other = tb.default_config(d)
+                    other = tb.default_config(d, causal)
                     full = tb.BackwardConfig(*(cfg if kind == "dkdv" else other.dkdv), *(cfg if kind == "dq" else other.dq))
                     try:
                         ratio = check_small(tb, reference, tolerance, full, N=1000 if DEV == "cuda" else 40, d=d,
                                             dtype=torch.float16 if DEV == "cuda" else torch.float32, causal=causal)
+                        compiled = run(cfg)
+                        regs = dict(n_regs=getattr(compiled, "n_regs", None), n_spills=getattr(compiled, "n_spills", None))
                         ms = bench_ms(lambda: run(cfg))
                     except Exception as e:  # out of shared memory or registers: not a candidate here
                         log(f"  {kind} {cfg}: failed ({type(e).__name__}: {str(e)[:80]})")
                         continue
                     # share of the backward's FLOPs: dK/dV does 4 of the 7 products, dQ 3
                     tf = (fl * (4 if kind == "dkdv" else 3) / 2) / (ms * 1e-3) / 1e12
-                    rows[kind].append(dict(config=list(cfg), ms=ms, tflops_of_its_products=tf, err_over_tol=ratio))
-                    log(f"  sweep d={d} causal={causal} {kind} {cfg}: {ms:.3f} ms ({tf:.0f} TFLOP/s of its products), err/tol {ratio:.2f}")
+                    rows[kind].append(dict(config=list(cfg), ms=ms, tflops_of_its_products=tf, err_over_tol=ratio, **regs))
+                    log(f"  sweep d={d} causal={causal} {kind} {cfg}: {ms:.3f} ms ({tf:.0f} TFLOP/s of its products), "
+                        f"err/tol {ratio:.2f}, registers {regs['n_regs']}, spills {regs['n_spills']}")
             ok = {kk: [r for r in rows[kk] if r["err_over_tol"] <= 1.0] for kk in rows}
             if ok["dkdv"] and ok["dq"]:
                 b1 = min(ok["dkdv"], key=lambda r: r["ms"])
@@ -193,9 +212,13 @@ def _flex_compiled():
     global _FLEX
     if _FLEX is None:
         import torch._dynamo
+        import torch._functorch.config
         from torch.nn.attention.flex_attention import flex_attention
 
         torch._dynamo.config.cache_size_limit = 64
+        # the compiled backward frees ("donates") its saved buffers: timing it repeatedly with
+        # retain_graph=True needs them kept
+        torch._functorch.config.donated_buffer = False
         _FLEX = torch.compile(flex_attention)  # automatic dynamic shapes: one compile serves several N
     return _FLEX
 
@@ -317,6 +340,7 @@ def plot(results, path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sweep", action="store_true", help="time every candidate config and pin the best")
+    ap.add_argument("--sweep-only", action="store_true", help="--sweep, then stop (no timing against the peers)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--name", default="backward_h100")
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop timing (and still write results) after this")
@@ -357,12 +381,12 @@ def main(argv=None):
         (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
 
     log(f"device {results['device']}, torch {results['torch']}, triton {results['triton']}")
-    # 1. correctness
-    for d in (64, 128) if DEV == "cuda" else (32,):
+    # 1. correctness (--sweep-only checks each swept configuration instead)
+    for d in () if args.sweep_only else (64, 128) if DEV == "cuda" else (32,):
         for dtype in (torch.float16, torch.bfloat16) if DEV == "cuda" else (torch.float32,):
             for causal in (False, True):
                 n = 1000 if DEV == "cuda" else 40
-                r = check_small(tb, reference, tolerance, None if tb._autotuning() else tb.default_config(d),
+                r = check_small(tb, reference, tolerance, None if tb._autotuning() else tb.default_config(d, causal, dtype),
                                 N=n, d=d, dtype=dtype, causal=causal)
                 results["correctness"].append(dict(N=n, H=16, d=d, dtype=str(dtype), causal=causal, err_over_tol=r))
                 log(f"correctness N={n} d={d} {dtype} causal={causal}: max error / tolerance = {r:.2f}"
@@ -370,13 +394,16 @@ def main(argv=None):
     save()
     # 2. sweep
     configs = {}
-    if args.sweep:
-        configs = sweep(tb, reference, tolerance, budget, results)
+    if args.sweep or args.sweep_only:
+        configs = sweep(tb, reference, tolerance, budget, results, share=0.95 if args.sweep_only else 0.5)
         for d, _ in CASES:  # cases the sweep did not reach: the default config, not a fresh autotune
             for c in (False, True):
-                configs.setdefault((d, c), tb.default_config(d))
+                configs.setdefault((d, c), tb.default_config(d, c))
         results["pinned_configs"] = {f"d={d},causal={c}": repr(v) for (d, c), v in configs.items()}
         save()
+    if args.sweep_only:
+        log(json.dumps(results["pinned_configs"], indent=1))
+        return 0
     # 3. timing
     ns = args.ns or NS
     order = sorted(ns, key=lambda n: (n < 4096, n))  # the targets (N >= 4k) first

@@ -298,43 +298,62 @@ class BackwardConfig:
         return f"BackwardConfig(dkdv={self.dkdv}, dq={self.dq})"
 
 
-#: The one configuration used under the interpreter (and the GPU fallback without autotuning).
+#: The one configuration used under the interpreter.
 CPU_CONFIG = BackwardConfig(16, 32, 4, 1, 32, 16, 4, 1)
-GPU_DEFAULT = BackwardConfig(64, 128, 8, 2, 128, 64, 8, 2)  # d <= 64
-GPU_DEFAULT_D128 = BackwardConfig(32, 64, 4, 3, 64, 32, 4, 3)  # d > 64: smaller tiles, fewer registers
 
-#: (B_r, B_c, warps, stages) candidates for the H100, for each kernel.
-DKDV_CANDIDATES = [
-    (32, 128, 4, 3), (32, 128, 4, 5), (64, 128, 8, 3), (64, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2),
-]
-DQ_CANDIDATES = [
-    (128, 32, 4, 3), (128, 32, 4, 5), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2),
-]
+#: Candidates (B_r, B_c, warps, stages) for each kernel on the H100, best first, per padded head dim
+#: and causality (fp16/bf16). Chosen by `benchmarks/bench_backward.py --sweep`, which times each
+#: kernel alone at N = 8192; the figures are in benchmarks/results/backward_h100.json and the
+#: reasoning in benchmarks/PERFORMANCE_backward.md. The autotuner picks among them per length bucket.
+TUNED = {
+    (64, False): dict(dkdv=[(64, 128, 4, 3), (64, 64, 4, 3)], dq=[(128, 64, 8, 3), (64, 64, 4, 3)]),
+    (64, True): dict(dkdv=[(64, 64, 4, 3), (32, 128, 4, 3)], dq=[(64, 64, 4, 3), (128, 32, 4, 3)]),
+    (128, False): dict(dkdv=[(64, 128, 8, 3), (64, 64, 4, 3)], dq=[(128, 64, 8, 3), (128, 32, 4, 3)]),
+    (128, True): dict(dkdv=[(64, 128, 8, 3), (64, 64, 4, 3)], dq=[(128, 64, 8, 3), (128, 32, 4, 3)]),
+    # d up to 256: K_j, V_j and the two accumulators no longer fit large tiles
+    (256, False): dict(dkdv=[(32, 64, 4, 2), (16, 32, 4, 2)], dq=[(64, 32, 4, 2), (32, 16, 4, 2)]),
+    (256, True): dict(dkdv=[(32, 64, 4, 2), (16, 32, 4, 2)], dq=[(64, 32, 4, 2), (32, 16, 4, 2)]),
+}
+#: fp32 inputs use IEEE fp32 products (no tensor-core wgmma) and twice the bytes per element.
+TUNED_FP32 = dict(dkdv=[(32, 64, 4, 2), (16, 32, 4, 2)], dq=[(64, 32, 4, 2), (32, 16, 4, 2)])
+
+
+def _size_class(block_d: int) -> int:
+    return 64 if block_d <= 64 else (128 if block_d <= 128 else 256)
+
+
+def candidates(kind: str, block_d: int, is_causal: bool, dtype: torch.dtype) -> list:
+    """The tuned (B_r, B_c, warps, stages) list of kernel `kind` ("dkdv" or "dq")."""
+    if dtype == torch.float32:
+        return TUNED_FP32[kind]
+    return TUNED[(_size_class(block_d), bool(is_causal))][kind]
+
+
+def default_config(d: int, is_causal: bool = False, dtype: torch.dtype = torch.float16) -> BackwardConfig:
+    """The configuration used without autotuning: CPU_CONFIG under the interpreter, else the first
+    tuned candidate of each kernel."""
+    if device.TRITON_INTERPRET:
+        return CPU_CONFIG
+    block_d = max(16, 1 << (max(d, 1) - 1).bit_length())
+    return BackwardConfig(*candidates("dkdv", block_d, is_causal, dtype)[0], *candidates("dq", block_d, is_causal, dtype)[0])
 
 
 def _autotuning() -> bool:
     return device.HAS_TRITON and not device.TRITON_INTERPRET and os.environ.get("KERNELS_AUTOTUNE", "1") != "0"
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop candidates too big for the head dim: (128, 128) tiles at d >= 128 spill registers."""
-    BLOCK_D = named_args.get("BLOCK_D", kwargs.get("BLOCK_D", 64))
-    kept = [c for c in configs if not (BLOCK_D >= 128 and c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] >= 128 * 128)]
-    return kept or configs
+_tuners: dict = {}
 
 
-if device.HAS_TRITON:
-
-    def _triton_configs(candidates):
-        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in candidates]
-
-    _KEY = ["N_KEY", "HEAD_DIM", "IS_CAUSAL", "PREC"]
-    _bwd_dkdv_tuned = triton.autotune(
-        _triton_configs(DKDV_CANDIDATES), key=_KEY, prune_configs_by={"early_config_prune": _prune}
-    )(_bwd_dkdv_kernel)
-    _bwd_dq_tuned = triton.autotune(
-        _triton_configs(DQ_CANDIDATES), key=_KEY, prune_configs_by={"early_config_prune": _prune}
-    )(_bwd_dq_kernel)
+def _tuned_kernel(kind: str, block_d: int, is_causal: bool, dtype: torch.dtype):
+    """One autotuner per (kernel, head-dim class, causality, fp32 or not), over its short list."""
+    key = (kind, _size_class(block_d), bool(is_causal), dtype == torch.float32)
+    if key not in _tuners:
+        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                   for m, n, w, s in candidates(kind, block_d, is_causal, dtype)]
+        kernel = _bwd_dkdv_kernel if kind == "dkdv" else _bwd_dq_kernel
+        _tuners[key] = triton.autotune(configs, key=["N_KEY", "HEAD_DIM"])(kernel)
+    return _tuners[key]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,7 +397,7 @@ class _Problem:
     def __init__(self, q, k, v, O, L, dO, is_causal, scale):
         B, H, Nq, d = q.shape
         Nk = k.shape[2]
-        self.B, self.H, self.Nq, self.Nk, self.d = B, H, Nq, Nk, d
+        self.B, self.H, self.Nq, self.Nk, self.d, self.dtype = B, H, Nq, Nk, d, q.dtype
         self.scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
         self.dQ = torch.empty((B, H, Nq, d), dtype=q.dtype, device=q.device)  # (B, H, Nq, d)
         self.dK = torch.empty((B, H, Nk, d), dtype=q.dtype, device=q.device)  # (B, H, Nk, d)
@@ -415,12 +434,12 @@ class _Problem:
         tensors = (self.q, self.k, self.v, self.dO, self.Lg, self.D, self.dK, self.dV)
         if cfg is None:
             grid = lambda META: (triton.cdiv(self.Nk, META["BLOCK_N"]), B * H)  # noqa: E731
-            _bwd_dkdv_tuned[grid](*tensors, *self.args, **self.meta)
-        else:
-            m, n, w, st = cfg
-            _bwd_dkdv_kernel[(triton.cdiv(self.Nk, n), B * H)](
-                *tensors, *self.args, **self.meta, BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st
-            )
+            return _tuned_kernel("dkdv", self.BLOCK_D, self.meta["IS_CAUSAL"], self.dtype)[grid](
+                *tensors, *self.args, **self.meta)
+        m, n, w, st = cfg
+        return _bwd_dkdv_kernel[(triton.cdiv(self.Nk, n), B * H)](
+            *tensors, *self.args, **self.meta, BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st
+        )
 
     def run_dq(self, cfg=None):
         """The dQ kernel; cfg (B_r, B_c, warps, stages), or None for the autotuned one."""
@@ -428,20 +447,12 @@ class _Problem:
         tensors = (self.q, self.k, self.v, self.dO, self.Lg, self.D, self.dQ)
         if cfg is None:
             grid = lambda META: (triton.cdiv(self.Nq, META["BLOCK_M"]), B * H)  # noqa: E731
-            _bwd_dq_tuned[grid](*tensors, *self.args, **self.meta)
-        else:
-            m, n, w, st = cfg
-            _bwd_dq_kernel[(triton.cdiv(self.Nq, m), B * H)](
-                *tensors, *self.args, **self.meta, BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st
-            )
-
-
-def default_config(d: int) -> BackwardConfig:
-    """The configuration used without autotuning: CPU_CONFIG under the interpreter, else one that
-    fits the head dim's registers."""
-    if device.TRITON_INTERPRET:
-        return CPU_CONFIG
-    return GPU_DEFAULT if d <= 64 else GPU_DEFAULT_D128
+            return _tuned_kernel("dq", self.BLOCK_D, self.meta["IS_CAUSAL"], self.dtype)[grid](
+                *tensors, *self.args, **self.meta)
+        m, n, w, st = cfg
+        return _bwd_dq_kernel[(triton.cdiv(self.Nq, m), B * H)](
+            *tensors, *self.args, **self.meta, BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st
+        )
 
 
 def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config: BackwardConfig | None = None):
@@ -462,7 +473,7 @@ def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config
         p.run_dkdv()
         p.run_dq()
     else:
-        config = config or default_config(p.d)
+        config = config or default_config(p.d, is_causal, q.dtype)
         p.run_dkdv(config.dkdv)
         p.run_dq(config.dq)
     return p.dQ, p.dK, p.dV
@@ -472,10 +483,7 @@ def tuned_configs() -> dict:
     """The configurations the autotuner picked so far, per key (for benchmarks and notes)."""
     if not _autotuning():
         return {}
-    out = {}
-    for name, tuner in (("dkdv", _bwd_dkdv_tuned), ("dq", _bwd_dq_tuned)):
-        out[name] = {str(k): str(v) for k, v in tuner.cache.items()}
-    return out
+    return {str(key): {str(k): str(v) for k, v in tuner.cache.items()} for key, tuner in _tuners.items()}
 
 
 class FlashAttention(torch.autograd.Function):

@@ -186,6 +186,13 @@ def test_gpu_nq_differs_from_nk(Nq, Nk, single_config):
 
 
 @pytest.mark.gpu
+def test_gpu_head_dim_256_and_96(single_config):
+    g = torch.Generator().manual_seed(21)
+    for d, causal in ((256, True), (96, False)):
+        check_against_reference(*make(1, 2, 300, 257, d, torch.float16, causal, g), causal, factor=3.0)
+
+
+@pytest.mark.gpu
 def test_gpu_fp32_uses_full_precision_products(single_config):
     g = torch.Generator().manual_seed(18)
     check_against_reference(*make(1, 2, 300, 300, 64, torch.float32, True, g), True, factor=4.0)
