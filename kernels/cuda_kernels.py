@@ -31,7 +31,6 @@ import torch
 from . import device, validation
 
 SOURCE_DIR = pathlib.Path(__file__).resolve().parent / "cuda"
-HEADERS = ("common.cuh", "flash_params.h")
 
 FORWARD_SOURCES = {
     "v1": "forward_v1_scalar.cu",
@@ -314,12 +313,15 @@ def _demangle(names: list[str]) -> list[str]:
 
 
 def _config_name(args: str) -> str:
-    """v3::Config<128, 4, 2, 32, false, true, true, true> -> 'd128 w4 m2 Bc32 pad' (+ switches that are off)."""
+    """v3::Config<128, 4, 2, 64, false, true, true, true, 32> -> 'd128 w4 m2 Bc64 sub32 pad'
+    (then the switches that are off: exp2f, eager, onebody)."""
     parts = [a.strip() for a in args.split(",")]
     d, w, m, bc = parts[:4]
-    flags = [f == "true" for f in parts[4:]] + [False, True, True, True][len(parts) - 4:]
-    swz, fast, lazy, split = flags[:4]
-    name = f"d{d} w{w} m{m} Bc{bc} {'swz' if swz else 'pad'}"
+    defaults = ["false", "true", "true", "true", bc]  # kSwizzle, kFastExp, kLazyRescale, kSplitMask, kSub
+    vals = parts[4:] + defaults[len(parts) - 4:]
+    swz, fast, lazy, split = (v == "true" for v in vals[:4])
+    sub = vals[4]
+    name = f"d{d} w{w} m{m} Bc{bc}" + (f" sub{sub}" if sub != bc else "") + f" {'swz' if swz else 'pad'}"
     name += "" if fast else " exp2f"
     name += "" if lazy else " eager"
     name += "" if split else " onebody"
@@ -377,10 +379,8 @@ def compile_check(source, arch: str = "sm_90", *, extra_flags=(), cache: bool = 
     cmd = compile_command(path, arch, extra_flags)
     key = hashlib.sha256()
     key.update(path.read_bytes())
-    for h in HEADERS:
-        hp = path.parent / h
-        if hp.exists():
-            key.update(hp.read_bytes())
+    for hp in sorted(list(path.parent.glob("*.cuh")) + list(path.parent.glob("*.h"))):  # the headers it may include
+        key.update(hp.read_bytes())
     key.update(" ".join([arch, *extra_flags, _nvcc_version()]).encode())
     cache_file = _cache_dir() / f"{path.stem}-{arch}-{key.hexdigest()[:20]}.log"
     shown = " ".join(["nvcc", *cmd[1:-4], path.name, "-o", os.devnull])
@@ -419,3 +419,119 @@ def _nvcc_version() -> str:
 def all_sources() -> list[pathlib.Path]:
     """Every .cu file of kernels/cuda/."""
     return sorted(SOURCE_DIR.glob("*.cu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the sources (for the notebooks): regions, diffs, launch shapes, occupancy
+
+def read_source(name) -> str:
+    """The text of a CUDA source or header of kernels/cuda/ (a file name or a version name)."""
+    path = SOURCE_DIR / name if (SOURCE_DIR / str(name)).exists() else _source_path(name)
+    return path.read_text()
+
+
+def source_region(name, start: str, end: str | None = None, *, include_end: bool = True) -> str:
+    """The lines of a source from the first line containing `start` to the next line containing
+    `end` (or to the end of the enclosing block when end is None: the first line, after start,
+    indented no deeper than the start line and closing a brace)."""
+    lines = read_source(name).splitlines()
+    i = next((n for n, line in enumerate(lines) if start in line), None)
+    if i is None:
+        raise ValueError(f"{start!r} not found in {name}")
+    if end is None:
+        indent = len(lines[i]) - len(lines[i].lstrip())
+        for n in range(i + 1, len(lines)):
+            line = lines[n]
+            if line.strip().startswith("}") and len(line) - len(line.lstrip()) <= indent:
+                return "\n".join(lines[i:n + 1])
+        return "\n".join(lines[i:])
+    for n in range(i + 1, len(lines)):
+        if end in lines[n]:
+            return "\n".join(lines[i:n + 1] if include_end else lines[i:n])
+    raise ValueError(f"{end!r} not found after {start!r} in {name}")
+
+
+def diff_hunks(a, b, *, grep=(), context: int = 2) -> list[str]:
+    """Unified-diff hunks between two sources (file or version names); with `grep`, only the
+    hunks whose changed lines contain one of the words."""
+    import difflib
+
+    la, lb = read_source(a).splitlines(), read_source(b).splitlines()
+    name_a = a if str(a).endswith(".cu") else _source_path(a).name
+    name_b = b if str(b).endswith(".cu") else _source_path(b).name
+    diff = list(difflib.unified_diff(la, lb, name_a, name_b, lineterm="", n=context))
+    hunks, current = [], []
+    for line in diff[2:]:
+        if line.startswith("@@") and current:
+            hunks.append(current)
+            current = []
+        current.append(line)
+    if current:
+        hunks.append(current)
+    out = []
+    for h in hunks:
+        changed = [x for x in h[1:] if x[:1] in "+-"]
+        if not grep or any(w in x for x in changed for w in grep):
+            out.append("\n".join(h))
+    return out
+
+
+def diff_stats(a, b) -> dict:
+    """Lines kept, removed and added going from source a to source b."""
+    import difflib
+
+    la, lb = read_source(a).splitlines(), read_source(b).splitlines()
+    sm = difflib.SequenceMatcher(a=la, b=lb, autojunk=False)
+    kept = sum(block.size for block in sm.get_matching_blocks())
+    return {"lines_a": len(la), "lines_b": len(lb), "kept": kept, "removed": len(la) - kept, "added": len(lb) - kept}
+
+
+#: The launch shape of each kernel, mirroring the constants and smem_bytes() of the .cu files
+#: (threads per block, dynamic shared memory in bytes as a function of the head dim).
+def launch_shape(kernel: str, d: int, config: str | None = None) -> tuple[int, int]:
+    """(threads per block, dynamic shared memory bytes) of a kernel of the course."""
+    if kernel == "forward_v1":
+        B_r = B_c = 32
+        return 128, 4 * (B_r * d + B_c * (d + 1) + B_c * d + B_r * (d + 1) + B_r * (B_c + 1) + B_r)
+    if kernel == "forward_v2":
+        return 128, (64 + 4 * 64) * (d + 8) * 2
+    if kernel == "forward_v3":
+        name = config or {64: "d64_w4_m2_bc64_pad", 128: "d128_w4_m2_bc32_pad"}[d]
+        m = re.match(r"d(\d+)_w(\d+)_m(\d+)_bc(\d+)_(pad|swz)", name)
+        D, w, mt, bc, layout = int(m[1]), int(m[2]), int(m[3]), int(m[4]), m[5]
+        ld = D if layout == "swz" else D + 8
+        return 32 * w, (w * 16 * mt + 4 * bc) * ld * 2
+    if kernel == "backward_v1_dkdv":
+        return 128, 4 * (2 * 32 * (d + 1) + 2 * 32 * d + 2 * 32 * d + 2 * 32 * 32 + 2 * 32)
+    if kernel == "backward_v1_dq":
+        return 128, 4 * (2 * 32 * (d + 1) + 3 * 32 * d + 2 * 32 * 32 + 2 * 32)
+    if kernel == "backward_v2_dkdv":
+        return 128, (2 * 64 + 4 * 64) * (d + 8) * 2 + 4 * 64 * 4
+    if kernel == "backward_v2_dq":
+        return 128, (2 * 64 + 4 * 64) * (d + 8) * 2
+    raise ValueError(f"unknown kernel {kernel!r}")
+
+
+#: Per-SM limits used by occupancy() (CUDA C Programming Guide, compute capabilities table).
+SM_LIMITS = {
+    "sm_80": {"regs": 65536, "smem": 164 * 1024, "smem_per_block": 163 * 1024, "threads": 2048, "blocks": 32},
+    "sm_90": {"regs": 65536, "smem": 228 * 1024, "smem_per_block": 227 * 1024, "threads": 2048, "blocks": 32},
+}
+
+
+def occupancy(registers: int, threads: int, smem: int, arch: str = "sm_90") -> dict:
+    """Thread blocks (and warps) that fit on one SM, and which resource runs out first.
+    Registers are allocated per warp in units of 256; shared memory per block in units of
+    128 bytes, plus 1 KiB the system reserves per block."""
+    lim = SM_LIMITS[arch]
+    regs_per_warp = -(-registers * 32 // 256) * 256
+    warps = -(-threads // 32)
+    by = {
+        "registers": lim["regs"] // (regs_per_warp * warps) if registers else lim["blocks"],
+        "shared memory": lim["smem"] // (-(-smem // 128) * 128 + 1024) if smem <= lim["smem_per_block"] else 0,
+        "threads": lim["threads"] // threads,
+        "blocks": lim["blocks"],
+    }
+    blocks = min(by.values())
+    limiter = min(by, key=by.get)
+    return {"blocks_per_sm": blocks, "warps_per_sm": blocks * warps, "limited_by": limiter, **{f"by_{k.replace(' ', '_')}": v for k, v in by.items()}}

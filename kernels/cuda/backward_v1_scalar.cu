@@ -20,6 +20,7 @@
 // Supports: any Nq, Nk; head dims 1 to 128; causal or not.
 // Compile alone (no torch needed):
 //     nvcc -std=c++17 -O3 -arch=sm_90 -c -Xptxas -v backward_v1_scalar.cu -o /dev/null
+#include "backward_step.cuh"
 #include "common.cuh"
 
 namespace flash {
@@ -61,15 +62,8 @@ __device__ __forceinline__ void recompute_p_ds(const BwdParams& p, const float* 
         const int r = idx / B_c, c = idx % B_c;
         const bool masked = r >= rows || c >= cols || (p.causal && j0 + c > i0 + r) || L_s[r] == -INFINITY;
         float P = 0.f, dS = 0.f;
-        if (!masked) {
-            float s = 0.f, dP = 0.f;
-            for (int k = 0; k < d; ++k) {
-                s += Q_s[r * d + k] * K_s[c * ld + k];
-                dP += dO_s[r * d + k] * V_s[c * ld + k];
-            }
-            P = expf(s * p.scale - L_s[r]);
-            dS = P * (dP - D_s[r]);
-        }
+        if (!masked)  // P = exp(scale q_i.k_j - L_i), dS = P (dO_i.v_j - D_i): backward_step.cuh
+            backward_step(Q_s + r * d, K_s + c * ld, V_s + c * ld, dO_s + r * d, d, p.scale, L_s[r], D_s[r], P, dS);
         P_s[idx] = P;
         dS_s[idx] = dS;
     }

@@ -1,11 +1,12 @@
 // forward_v1_scalar.cu: FlashAttention forward, the readable version.
 //
 // One thread block owns B_r = 32 query rows of one (batch, head). It walks over the keys in
-// tiles of B_c = 32: load K_j and V_j into shared memory, compute the scores S = scale * Q K_j^T
-// of the tile, update each row's running max m and sum ℓ (the online softmax), rescale the
-// output accumulator and add P V_j. Nothing of size N x N is ever stored; L = m + log ℓ is
-// written for the backward pass. Everything is computed in float32 on CUDA cores (no tensor
-// cores): see forward_v2_tensor_core.cu for the fast version.
+// tiles of B_c = 32: load K_j and V_j into shared memory, compute the raw scores q_i . k_j of the
+// tile (all 128 threads), then each row's thread folds the tile into its row's running max m,
+// sum ℓ and output accumulator o with online_softmax_step (online_softmax_step.cuh): the online
+// softmax, one row per thread. Nothing of size N x N is ever stored; L = m + log ℓ is written
+// for the backward pass. Everything is computed in float32 on CUDA cores (no tensor cores):
+// see forward_v2_tensor_core.cu for the fast version.
 //
 // Supports: float32, float16, bfloat16 inputs (float32 arithmetic); any Nq, Nk (Nq != Nk);
 // head dim d from 1 to 256; causal with torch SDPA's top-left convention (key j <= query i);
@@ -15,6 +16,7 @@
 //     nvcc -std=c++17 -O3 -arch=sm_90 -c -Xptxas -v forward_v1_scalar.cu -o /dev/null
 // Built for PyTorch by kernels/cuda_kernels.py (with torch_binding.cpp).
 #include "common.cuh"
+#include "online_softmax_step.cuh"
 
 namespace flash {
 namespace v1 {
@@ -25,27 +27,27 @@ constexpr int kThreads = 128;
 constexpr int kMaxHeadDim = 256;
 
 // Shared memory, all float32 (inputs are converted once, when loaded):
-//   Q_s (B_r, d)   K_s (B_c, d + 1)   V_s (B_c, d)   O_s (B_r, d)   S_s (B_r, B_c)
-// K_s rows are padded by one float: in S = Q K^T the 32 lanes of a warp read 32 different rows
-// of K_s at the same column; with a row stride of d floats (a multiple of 32 when d is) they
-// would all hit one of the 32 banks and be served one after another.
+//   Q_s (B_r, d)   K_s (B_c, d + 1)   V_s (B_c, d)   O_s (B_r, d + 1)   S_s (B_r, B_c + 1)
+// Rows of K_s, O_s and S_s are padded by one float. In S = Q K^T the 32 lanes of a warp read 32
+// rows of K_s at one column, and in the softmax step 32 threads (one per row) walk their rows of
+// S_s and O_s in step: with a row stride that is a multiple of 32 floats all 32 would hit the
+// same one of the 32 banks and be served one after another; one float of padding spreads them.
 inline size_t smem_bytes(int d) {
-    return sizeof(float) * (size_t(B_r) * d + size_t(B_c) * (d + 1) + size_t(B_c) * d + size_t(B_r) * d + B_r * B_c);
+    return sizeof(float) * (size_t(B_r) * d + size_t(B_c) * (d + 1) + size_t(B_c) * d + size_t(B_r) * (d + 1) +
+                            size_t(B_r) * (B_c + 1) + B_r);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const FwdParams p) {
     extern __shared__ float smem[];
     const int d = p.d;
-    const int ldk = d + 1;
+    const int ldk = d + 1, ldo = d + 1, lds = B_c + 1;
     float* Q_s = smem;                 // (B_r, d)
     float* K_s = Q_s + B_r * d;        // (B_c, d + 1)
     float* V_s = K_s + B_c * ldk;      // (B_c, d)
-    float* O_s = V_s + B_c * d;        // (B_r, d): the unnormalised output, Σ_j exp(S_ij - m_i) V_j
-    float* S_s = O_s + B_r * d;        // (B_r, B_c): scores of the current tile, then P
-    __shared__ float m_s[B_r];         // running row max m_i
-    __shared__ float ell_s[B_r];       // running row sum ℓ_i
-    __shared__ float alpha_s[B_r];     // exp(m_old - m_new): how much the old O and ℓ shrink
+    float* O_s = V_s + B_c * d;        // (B_r, d + 1): the unnormalised output o of each row
+    float* S_s = O_s + B_r * ldo;      // (B_r, B_c + 1): raw scores q_i . k_j of the current tile
+    float* ell_s = S_s + B_r * lds;    // (B_r): ℓ of each row, shared at the end for O = o / ℓ
 
     const int tid = threadIdx.x;
     const int i0 = blockIdx.x * B_r;             // first query row of this block
@@ -57,16 +59,14 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const FwdParams p) {
     T* O = static_cast<T*>(p.o) + b * p.o_batch_stride + h * p.o_head_stride;
     float* L = p.lse + (size_t(b) * p.H + h) * p.Nq;
 
-    // Load the Q tile (zeros past the end), clear the accumulator, start m = -inf, ℓ = 0.
+    // Load the Q tile (zeros past the end) and clear the accumulators.
     for (int idx = tid; idx < B_r * d; idx += kThreads) {
         const int r = idx / d, c = idx % d;
         Q_s[idx] = r < rows ? to_float(Q[(i0 + r) * p.q_row_stride + c]) : 0.f;
-        O_s[idx] = 0.f;
+        O_s[r * ldo + c] = 0.f;
     }
-    if (tid < B_r) {
-        m_s[tid] = -INFINITY;
-        ell_s[tid] = 0.f;
-    }
+    // Row tid's running max and sum live in thread tid's registers (threads tid < B_r).
+    float m = -INFINITY, ell = 0.f;
 
     // Causal: the last row of this block, i0 + rows - 1, sees keys up to itself; tiles past it
     // are never loaded.
@@ -84,64 +84,32 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const FwdParams p) {
         }
         __syncthreads();
 
-        // S = scale * Q K_j^T, with -inf where the key is past the end or in the future.
+        // Raw scores q_i . k_j, -inf where the key is in the future (causal).
         for (int idx = tid; idx < B_r * B_c; idx += kThreads) {
             const int r = idx / B_c, c = idx % B_c;
             float s = -INFINITY;
-            const bool masked = r >= rows || c >= cols || (p.causal && j0 + c > i0 + r);
-            if (!masked) {
-                float dot = 0.f;
-                for (int k = 0; k < d; ++k) dot += Q_s[r * d + k] * K_s[c * ldk + k];
-                s = dot * p.scale;
+            if (r < rows && c < cols && !(p.causal && j0 + c > i0 + r)) {
+                s = 0.f;
+                for (int k = 0; k < d; ++k) s += Q_s[r * d + k] * K_s[c * ldk + k];
             }
-            S_s[idx] = s;
+            S_s[r * lds + c] = s;
         }
         __syncthreads();
 
-        // The online softmax, one thread per row: new max, rescale factor, P = exp(S - m_new).
-        if (tid < B_r) {
-            const int r = tid;
-            float m_tile = -INFINITY;
-            for (int c = 0; c < B_c; ++c) m_tile = fmaxf(m_tile, S_s[r * B_c + c]);
-            const float m_old = m_s[r];
-            const float m_new = fmaxf(m_old, m_tile);
-            // A row that has seen only masked keys still has m = -inf; subtracting 0 instead
-            // keeps exp(-inf - (-inf)) = NaN out: every exp below is then exp(-inf) = 0.
-            const float base = m_new == -INFINITY ? 0.f : m_new;
-            const float alpha = expf(m_old - base);
-            float row_sum = 0.f;
-            for (int c = 0; c < B_c; ++c) {
-                const float P = expf(S_s[r * B_c + c] - base);
-                S_s[r * B_c + c] = P;
-                row_sum += P;
-            }
-            ell_s[r] = alpha * ell_s[r] + row_sum;
-            m_s[r] = m_new;
-            alpha_s[r] = alpha;
-        }
-        __syncthreads();
-
-        // O = diag(alpha) O + P V_j
-        for (int idx = tid; idx < B_r * d; idx += kThreads) {
-            const int r = idx / d, c = idx % d;
-            float acc = alpha_s[r] * O_s[idx];
-            for (int k = 0; k < cols; ++k) acc += S_s[r * B_c + k] * V_s[k * d + c];
-            O_s[idx] = acc;
-        }
+        // The online softmax: row tid folds this tile into its (m, ℓ, o).
+        if (tid < rows) online_softmax_step(S_s + tid * lds, cols, p.scale, V_s, d, d, m, ell, O_s + tid * ldo);
     }
+    if (tid < B_r) ell_s[tid] = ell;
     __syncthreads();
 
-    // O = O / ℓ and L = m + log ℓ. A row with no key (ℓ = 0) gets O = 0 and L = -inf.
+    // O = o / ℓ and L = m + log ℓ. A row with no key (ℓ = 0) gets O = 0 and L = -inf.
     for (int idx = tid; idx < rows * d; idx += kThreads) {
         const int r = idx / d, c = idx % d;
-        const float ell = ell_s[r];
-        const float out = ell > 0.f ? O_s[idx] / ell : 0.f;
+        const float ell_r = ell_s[r];
+        const float out = ell_r > 0.f ? O_s[r * ldo + c] / ell_r : 0.f;
         O[(i0 + r) * p.o_row_stride + c] = from_float<T>(out);
     }
-    if (tid < rows) {
-        const float ell = ell_s[tid];
-        L[i0 + tid] = ell > 0.f ? m_s[tid] + logf(ell) : -INFINITY;
-    }
+    if (tid < rows) L[i0 + tid] = ell > 0.f ? m + logf(ell) : -INFINITY;
 }
 
 template <typename T>

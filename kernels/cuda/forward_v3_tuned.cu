@@ -50,7 +50,7 @@ constexpr float kRescaleThreshold = 8.0f;  // log2 units: P may reach 2^8 before
 
 // A tile configuration: kWarps warps, each owning kMTiles x 16 query rows; B_c keys per tile.
 template <int D_, int kWarps_, int kMTiles_, int B_c_, bool kSwizzle_ = false, bool kFastExp_ = true,
-          bool kLazyRescale_ = true, bool kSplitMask_ = true>
+          bool kLazyRescale_ = true, bool kSplitMask_ = true, int kSub_ = B_c_>
 struct Config {
     static constexpr int D = D_;
     static constexpr int kWarps = kWarps_;
@@ -60,7 +60,11 @@ struct Config {
     static constexpr bool kFastExp = kFastExp_;
     static constexpr bool kLazyRescale = kLazyRescale_;
     static constexpr bool kSplitMask = kSplitMask_;  // separate tile bodies for masked / unmasked tiles
-    static constexpr int LD = kSwizzle ? D : D + 8;  // row stride in shared memory (elements)
+    // Keys computed at a time (<= B_c): a tile of B_c keys is loaded per pair of barriers and
+    // computed in B_c / kSub slices, so that S (kMTiles x 16 x kSub floats per warp) fits in
+    // registers while the barriers are paid once per B_c keys.
+    static constexpr int kSub = kSub_;
+    static_assert(B_c % kSub == 0 && kSub % 16 == 0, "B_c must be a multiple of kSub, kSub of 16");    static constexpr int LD = kSwizzle ? D : D + 8;  // row stride in shared memory (elements)
     static constexpr int kThreads = 32 * kWarps;
     static constexpr int kWarpRows = 16 * kMTiles;
     static constexpr int B_r = kWarps * kWarpRows;
@@ -115,12 +119,12 @@ struct WarpState {
 // S = Q K_j^T for this warp's rows, masking (kMask and need_mask), and the online-softmax
 // update: on return s holds P = exp2(scale_log2 * S - m) and o, ell are rescaled to the new m.
 template <typename T, typename C, bool kMask>
-__device__ __forceinline__ void scores_softmax(float (&s)[C::kMTiles][C::B_c / 8][4], WarpState<C>& st,
+__device__ __forceinline__ void scores_softmax(float (&s)[C::kMTiles][C::kSub / 8][4], WarpState<C>& st,
                                                const uint32_t (&q_frag)[C::kQInRegisters ? C::D / 16 : 1][4],
                                                const T* Q_s, const T* K_j, int warp, int lane, int j0,
                                                int row_first, const FwdParams& p, float scale_log2,
                                                bool need_mask) {
-    constexpr int D = C::D, B_c = C::B_c, kM = C::kMTiles;
+    constexpr int D = C::D, B_c = C::kSub, kM = C::kMTiles;  // B_c here: the keys of this slice
     const int g = lane / 4, t = lane % 4;
 #pragma unroll
     for (int mi = 0; mi < kM; ++mi)
@@ -277,44 +281,54 @@ __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p)
         cp_async_commit();
         const T* K_j = K_s + (j & 1) * B_c * C::LD;
         const T* V_j = V_s + (j & 1) * B_c * C::LD;
-        // A causal warp whose last row comes before the tile's first key has nothing to do here.
-        const bool active = !(p.causal && j0 > row_last);
-        const bool need_mask = j0 + B_c > p.Nk || (p.causal && j0 + B_c - 1 > row_first);
 
-        float s[kM][B_c / 8][4];
-        if (active) {
-            if (C::kSplitMask && !need_mask)
-                scores_softmax<T, C, false>(s, st, q_frag, Q_s, K_j, warp, lane, j0, row_first, p, scale_log2, false);
-            else
-                scores_softmax<T, C, true>(s, st, q_frag, Q_s, K_j, warp, lane, j0, row_first, p, scale_log2, need_mask);
-        }
+#pragma unroll
+        for (int sub = 0; sub < B_c / C::kSub; ++sub) {
+            constexpr int kSub = C::kSub;
+            const int c0 = j0 + sub * kSub;  // first key of this slice
+            // A causal warp whose last row comes before the slice's first key has nothing to do.
+            const bool active = !(p.causal && c0 > row_last);
+            const bool need_mask = c0 + kSub > p.Nk || (p.causal && c0 + kSub - 1 > row_first);
+            const T* K_sub = K_j + sub * kSub * C::LD;
 
-        cp_async_wait<1>();  // V_j has landed (K_{j+1} may still be in flight)
-        __syncthreads();
-        if (j + 1 < T_c) load_tile<T, C, B_c>(V_s + nb * B_c * C::LD, V, p.v_row_stride, j0 + B_c, p.Nk, tid);
-        cp_async_commit();
+            float s[kM][kSub / 8][4];
+            if (active) {
+                if (C::kSplitMask && !need_mask)
+                    scores_softmax<T, C, false>(s, st, q_frag, Q_s, K_sub, warp, lane, c0, row_first, p, scale_log2, false);
+                else
+                    scores_softmax<T, C, true>(s, st, q_frag, Q_s, K_sub, warp, lane, c0, row_first, p, scale_log2, need_mask);
+            }
 
-        if (active) {
-            // O += P V_j; each V fragment feeds kMTiles mma.
+            if (sub == 0) {
+                cp_async_wait<1>();  // V_j has landed (K_{j+1} may still be in flight)
+                __syncthreads();
+                if (j + 1 < T_c) load_tile<T, C, B_c>(V_s + nb * B_c * C::LD, V, p.v_row_stride, j0 + B_c, p.Nk, tid);
+                cp_async_commit();
+            }
+
+            if (active) {
+                // O += P V_slice; each V fragment feeds kMTiles mma.
+                const T* V_sub = V_j + sub * kSub * C::LD;
 #pragma unroll
-            for (int ks = 0; ks < B_c / 16; ++ks) {
-                uint32_t a[kM][4];
-#pragma unroll
-                for (int mi = 0; mi < kM; ++mi) {
-                    a[mi][0] = pack2<T>(s[mi][2 * ks][0], s[mi][2 * ks][1]);
-                    a[mi][1] = pack2<T>(s[mi][2 * ks][2], s[mi][2 * ks][3]);
-                    a[mi][2] = pack2<T>(s[mi][2 * ks + 1][0], s[mi][2 * ks + 1][1]);
-                    a[mi][3] = pack2<T>(s[mi][2 * ks + 1][2], s[mi][2 * ks + 1][3]);
-                }
-#pragma unroll
-                for (int dp = 0; dp < D / 16; ++dp) {
-                    uint32_t vb[4];
-                    const int r = ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-                    ldmatrix_x4_trans(vb, V_j + swz<C>(r, dp * 16 + (lane >> 4) * 8));
+                for (int ks = 0; ks < kSub / 16; ++ks) {
+                    uint32_t a[kM][4];
 #pragma unroll
                     for (int mi = 0; mi < kM; ++mi) {
-                        mma_16816<T>(st.o[mi][2 * dp], a[mi], vb[0], vb[1]);
-                        mma_16816<T>(st.o[mi][2 * dp + 1], a[mi], vb[2], vb[3]);
+                        a[mi][0] = pack2<T>(s[mi][2 * ks][0], s[mi][2 * ks][1]);
+                        a[mi][1] = pack2<T>(s[mi][2 * ks][2], s[mi][2 * ks][3]);
+                        a[mi][2] = pack2<T>(s[mi][2 * ks + 1][0], s[mi][2 * ks + 1][1]);
+                        a[mi][3] = pack2<T>(s[mi][2 * ks + 1][2], s[mi][2 * ks + 1][3]);
+                    }
+#pragma unroll
+                    for (int dp = 0; dp < D / 16; ++dp) {
+                        uint32_t vb[4];
+                        const int r = ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                        ldmatrix_x4_trans(vb, V_sub + swz<C>(r, dp * 16 + (lane >> 4) * 8));
+#pragma unroll
+                        for (int mi = 0; mi < kM; ++mi) {
+                            mma_16816<T>(st.o[mi][2 * dp], a[mi], vb[0], vb[1]);
+                            mma_16816<T>(st.o[mi][2 * dp + 1], a[mi], vb[2], vb[3]);
+                        }
                     }
                 }
             }
@@ -396,7 +410,8 @@ const char* run_candidate(const FwdParams& p) {
 
 // Names: d<head dim>_w<warps>_m<m-tiles per warp>_bc<B_c>, then pad|swz, then the switches
 // that are off (exp2f: accurate exp2f instead of ex2.approx.ftz; eager: rescale every tile;
-// onebody: one tile body with a run-time mask branch inside, as in v2).
+// onebody: one tile body with a run-time mask branch inside, as in v2); sub<k>: computed in
+// slices of k keys).
 const Candidate kCandidates[] = {
     {"d64_w4_m2_bc64_pad", 64, run_candidate<Default64>},
     {"d128_w4_m2_bc32_pad", 128, run_candidate<Default128>},
@@ -409,6 +424,9 @@ const Candidate kCandidates[] = {
     {"d64_w4_m2_bc32_pad", 64, run_candidate<Config<64, 4, 2, 32>>},
     {"d64_w8_m2_bc64_pad", 64, run_candidate<Config<64, 8, 2, 64>>},
     {"d64_w4_m1_bc64_pad", 64, run_candidate<Config<64, 4, 1, 64>>},
+    {"d64_w4_m2_bc128_sub64_pad", 64, run_candidate<Config<64, 4, 2, 128, false, true, true, true, 64>>},
+    {"d64_w4_m2_bc128_sub32_pad", 64, run_candidate<Config<64, 4, 2, 128, false, true, true, true, 32>>},
+    {"d64_w4_m2_bc64_sub32_pad", 64, run_candidate<Config<64, 4, 2, 64, false, true, true, true, 32>>},
     {"d128_w4_m2_bc32_pad_exp2f_eager_onebody", 128, run_candidate<Config<128, 4, 2, 32, false, false, false, false>>},
     {"d128_w4_m2_bc32_pad_exp2f_eager", 128, run_candidate<Config<128, 4, 2, 32, false, false, false>>},
     {"d128_w4_m2_bc32_pad_eager", 128, run_candidate<Config<128, 4, 2, 32, false, true, false>>},
@@ -416,6 +434,7 @@ const Candidate kCandidates[] = {
     {"d128_w4_m2_bc64_pad", 128, run_candidate<Config<128, 4, 2, 64>>},
     {"d128_w8_m2_bc32_pad", 128, run_candidate<Config<128, 8, 2, 32>>},
     {"d128_w8_m1_bc64_pad", 128, run_candidate<Config<128, 8, 1, 64>>},
+    {"d128_w4_m2_bc64_sub32_pad", 128, run_candidate<Config<128, 4, 2, 64, false, true, true, true, 32>>},
 #endif
 };
 constexpr int kNumCandidates = sizeof(kCandidates) / sizeof(kCandidates[0]);
