@@ -347,10 +347,14 @@ def main(argv=None):
     ap.add_argument("--ns", type=int, nargs="*", default=None)
     ap.add_argument("--plot", help="redraw the PNG of a recorded JSON and print its table")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU: tests this script, not a benchmark")
+    ap.add_argument("--quick", action="store_true", help="d=64, N=4096, Triton vs SDPA flash and cuDNN only (a first look)")
     args = ap.parse_args(argv)
     global CASES, BATCH, NS, SWEEP_N, DEV, PROVIDERS
     if args.cpu_smoke:
         CASES, BATCH, NS, SWEEP_N, DEV = [(32, 2)], 1, [64], 64, "cpu"
+        PROVIDERS = ["triton", "sdpa_flash", "sdpa_cudnn"]
+    if args.quick:
+        CASES, NS = [(64, 32)], [4096]
         PROVIDERS = ["triton", "sdpa_flash", "sdpa_cudnn"]
     if args.plot:
         res = json.loads(pathlib.Path(args.plot).read_text())
@@ -382,8 +386,8 @@ def main(argv=None):
 
     log(f"device {results['device']}, torch {results['torch']}, triton {results['triton']}")
     # 1. correctness (--sweep-only checks each swept configuration instead)
-    for d in () if args.sweep_only else (64, 128) if DEV == "cuda" else (32,):
-        for dtype in (torch.float16, torch.bfloat16) if DEV == "cuda" else (torch.float32,):
+    for d in () if args.sweep_only else (64,) if args.quick else (64, 128) if DEV == "cuda" else (32,):
+        for dtype in (torch.float16,) if args.quick else (torch.float16, torch.bfloat16) if DEV == "cuda" else (torch.float32,):
             for causal in (False, True):
                 n = 1000 if DEV == "cuda" else 40
                 r = check_small(tb, reference, tolerance, None if tb._autotuning() else tb.default_config(d, causal, dtype),

@@ -306,10 +306,10 @@ CPU_CONFIG = BackwardConfig(16, 32, 4, 1, 32, 16, 4, 1)
 #: kernel alone at N = 8192; the figures are in benchmarks/results/backward_h100.json and the
 #: reasoning in benchmarks/PERFORMANCE_backward.md. The autotuner picks among them per length bucket.
 TUNED = {
-    (64, False): dict(dkdv=[(64, 128, 4, 3), (64, 64, 4, 3)], dq=[(128, 64, 8, 3), (64, 64, 4, 3)]),
-    (64, True): dict(dkdv=[(64, 64, 4, 3), (32, 128, 4, 3)], dq=[(64, 64, 4, 3), (128, 32, 4, 3)]),
-    (128, False): dict(dkdv=[(64, 128, 8, 3), (64, 64, 4, 3)], dq=[(128, 64, 8, 3), (128, 32, 4, 3)]),
-    (128, True): dict(dkdv=[(64, 128, 8, 3), (64, 64, 4, 3)], dq=[(128, 64, 8, 3), (128, 32, 4, 3)]),
+    (64, False): dict(dkdv=[(64, 128, 4, 3), (128, 128, 8, 3)], dq=[(128, 64, 8, 3), (128, 64, 8, 4)]),
+    (64, True): dict(dkdv=[(64, 64, 4, 3), (32, 128, 4, 3)], dq=[(64, 32, 4, 3), (64, 64, 4, 3)]),
+    (128, False): dict(dkdv=[(64, 128, 8, 3), (64, 128, 8, 4)], dq=[(128, 64, 8, 3), (128, 64, 8, 4)]),
+    (128, True): dict(dkdv=[(64, 128, 8, 4), (64, 128, 8, 3)], dq=[(128, 64, 8, 4), (128, 64, 8, 3)]),
     # d up to 256: K_j, V_j and the two accumulators no longer fit large tiles
     (256, False): dict(dkdv=[(32, 64, 4, 2), (16, 32, 4, 2)], dq=[(64, 32, 4, 2), (32, 16, 4, 2)]),
     (256, True): dict(dkdv=[(32, 64, 4, 2), (16, 32, 4, 2)], dq=[(64, 32, 4, 2), (32, 16, 4, 2)]),
