@@ -27,7 +27,9 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import kernels  # noqa: E402
+import kernels  # noqa: E402  (first: decides whether triton runs under the interpreter)
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from kernels import reference  # noqa: E402
 from kernels.grading.core import tolerance  # noqa: E402
 
@@ -35,6 +37,38 @@ CASES = [(64, 32), (128, 16)]  # (d, H)
 BATCH = 4
 NS = [1024, 2048, 4096, 8192, 16384]
 PEERS = ["sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "flex"]
+
+
+# ---------------------------------------------------------------------------------------------
+# An experiment, not the course kernel: the inner loop with exp2 done in fp16 pairs
+# (ex2.approx.f16x2: two exponentials per special-function-unit instruction). The sweep times it
+# to test the claim that the SFU (MUFU.EX2) limits the kernel at d=64; see PERFORMANCE_forward.md.
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def step_exp2_f16x2(acc, m_i, l_i, q, kT, v, offs_m, offs_n, N_k, qk_scale,
+                    MASK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    s = tl.dot(q, kT)
+    if MASK_N or CAUSAL:
+        allowed = offs_n[None, :] < N_k
+        if CAUSAL:
+            allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
+        s = tl.where(allowed, s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        s = s - m_new[:, None]
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        s = s * qk_scale - m_new[:, None]
+    p = tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [s.to(tl.float16)],
+                                  dtype=tl.float16, is_pure=True, pack=2)
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p, v, acc)
+    return acc, m_new, l_i
+
+
+def _fast_exp2_step():
+    return step_exp2_f16x2
 
 
 def flops(B, H, N, d, causal):
@@ -105,10 +139,10 @@ def peer_fn(name, q, k, v, causal):
 def _compile_one(job):
     import kernels.triton_forward as tf
 
-    d, H, dtype_name, causal, cfg, tma = job
+    d, H, dtype_name, causal, cfg, tma, *fast = job
     q, k, v = inputs(1, H, 256, d, getattr(torch, dtype_name))
     try:
-        tf.launch(q, k, v, is_causal=causal, config=cfg, use_tma=tma)
+        tf.launch(q, k, v, is_causal=causal, config=cfg, use_tma=tma, step=_fast_exp2_step() if fast and fast[0] else None)
         torch.cuda.synchronize()
         return None
     except Exception as e:  # reported, not fatal: the sweep skips that config
@@ -160,9 +194,15 @@ def sweep(args):
     cands = SWEEPS[args.sweep_set]
     if args.tma_only:
         cands = {d: [c for c in cs if c[4]] for d, cs in cands.items()}
-    jobs = [(d, H, "float16", c, dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s), t)
+    fast = {64: [(128, 128, 4, 3, True), (128, 64, 4, 4, True)], 128: [(128, 128, 8, 3, True), (128, 64, 8, 3, True)]}
+    if not args.fast_exp2:
+        fast = {64: [], 128: []}
+    jobs = [(d, H, "float16", c, dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s), t, False)
             for d, H in CASES for m, n, w, s, t in cands[d] for c in (False, True)]
+    jobs += [(d, H, "float16", c, dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s), t, True)
+             for d, H in CASES for m, n, w, s, t in fast[d] for c in (False, True)]
     precompile(jobs)
+    fast_step = _fast_exp2_step()
     rows = []
     for N in args.sweep_n:
         for d, H in CASES:
@@ -171,24 +211,25 @@ def sweep(args):
                 base = {}
                 for p in ("sdpa_flash", "sdpa_cudnn"):
                     base[p] = flops(BATCH, H, N, d, causal) / bench_ms(peer_fn(p, q, k, v, causal)) / 1e9
-                for m, n, w, s, tma in cands[d]:
+                for m, n, w, s, tma, step in [c + (None,) for c in cands[d]] + [c + (fast_step,) for c in fast[d]]:
                     cfg = dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s)
                     try:
-                        O, _ = tf.launch(q, k, v, is_causal=causal, config=cfg, use_tma=tma)
+                        O, _ = tf.launch(q, k, v, is_causal=causal, config=cfg, use_tma=tma, step=step)
                         err, tol = check(O, q, k, v, causal)
-                        ms = bench_ms(lambda: tf.launch(q, k, v, is_causal=causal, config=cfg, use_tma=tma))
+                        ms = bench_ms(lambda: tf.launch(q, k, v, is_causal=causal, config=cfg, use_tma=tma, step=step))
                     except Exception as e:
                         print(f"  d={d} causal={causal} {cfg} tma={tma}: {type(e).__name__}: {str(e)[:200]}")
                         continue
                     tfl = flops(BATCH, H, N, d, causal) / ms / 1e9
-                    rows.append(dict(N=N, d=d, H=H, causal=causal, tma=tma, **cfg, ms=ms, tflops=tfl,
+                    rows.append(dict(N=N, d=d, H=H, causal=causal, tma=tma, exp2_f16x2=step is not None, **cfg, ms=ms, tflops=tfl,
                                      err=err, tol=tol, ok=err <= tol, flash=base["sdpa_flash"],
                                      cudnn=base["sdpa_cudnn"]))
                 best = sorted((r for r in rows if r["N"] == N and r["d"] == d and r["causal"] == causal),
                               key=lambda r: -r["tflops"])
                 print(f"\nN={N} d={d} causal={causal}: flash {base['sdpa_flash']:.0f}, cudnn {base['sdpa_cudnn']:.0f} TFLOP/s")
-                for r in best[:10]:
+                for r in best[:12]:
                     print(f"  {r['BLOCK_M']:>3} {r['BLOCK_N']:>3} w{r['num_warps']} s{r['num_stages']} tma={int(r['tma'])}"
+                          f"{' exp2-f16x2' if r['exp2_f16x2'] else ''}"
                           f"  {r['tflops']:6.1f} TFLOP/s  x{r['tflops'] / base['sdpa_flash']:.2f} flash"
                           f"  {'ok' if r['ok'] else 'WRONG'}", flush=True)
     out = pathlib.Path(args.out)
@@ -224,6 +265,8 @@ def main_bench(args):
     from kernels.triton_forward import attention_forward
 
     results = []
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     if not args.no_precompile:
         import kernels.triton_forward as tf
         jobs = [(d, H, "float16", c, cfg, None)
@@ -257,10 +300,8 @@ def main_bench(args):
                     pass
                 results.append(row)
                 print(fmt_row(row, args.peers), flush=True)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = dict(meta=meta(), flops="4*B*H*N^2*d, x0.5 causal", results=results)
-    (out / "forward_h100.json").write_text(json.dumps(data, indent=1))
+                data = dict(meta=meta(), flops="4*B*H*N^2*d, x0.5 causal", results=results)
+                (out / "forward_h100.json").write_text(json.dumps(data, indent=1))  # after every case
     print_table(results, args.peers)
     plot(data, out / "forward_h100.png")
 
@@ -327,6 +368,7 @@ def main(argv=None):
     p.add_argument("--sweep-n", type=int, nargs="+", default=[8192])
     p.add_argument("--sweep-set", choices=sorted(SWEEPS), default="narrow")
     p.add_argument("--tma-only", action="store_true")
+    p.add_argument("--fast-exp2", action="store_true", help="also time the fp16x2-exp2 experiment")
     p.add_argument("--n", type=int, nargs="+", default=NS)
     p.add_argument("--peers", nargs="*", default=PEERS)
     p.add_argument("--no-precompile", action="store_true")
