@@ -97,6 +97,7 @@ def tolerance(want64: torch.Tensor, naive: torch.Tensor | None, dtype: torch.dty
     want64: the float64 ground truth. naive: the same computation done naively in `dtype`
     (None when there is no naive counterpart). Float64 candidates get the course's 1e-10.
     """
+    want64 = want64.detach()
     scale = max(1.0, float(want64.abs().max())) if want64.numel() else 1.0
     if dtype == torch.float64:
         return 1e-10 * scale
