@@ -175,6 +175,13 @@ SWEEPS = {
               (128, 64, 8, 2, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False), (64, 64, 4, 3, False),
               (64, 128, 4, 2, False)],
     },
+    # third pass: one query block per program or two (causal: a long and a short one)
+    "qblocks": {
+        64: [(128, 128, 4, 3, True, 1), (128, 128, 4, 3, True, 2), (128, 64, 4, 3, True, 1),
+             (128, 64, 4, 3, True, 2), (64, 128, 4, 2, True, 1), (64, 128, 4, 2, True, 2)],
+        128: [(128, 128, 8, 3, True, 1), (128, 128, 8, 3, True, 2), (128, 64, 4, 2, True, 1),
+              (128, 64, 4, 2, True, 2), (128, 64, 8, 3, True, 1), (128, 64, 8, 3, True, 2)],
+    },
     # second pass (N=4096 and 16384): around the winners, deeper pipelines
     "narrow": {
         64: [(128, 128, 4, 3, True), (64, 128, 4, 2, True), (128, 64, 4, 4, True), (128, 64, 4, 3, True),
@@ -194,13 +201,15 @@ def sweep(args):
     cands = SWEEPS[args.sweep_set]
     if args.tma_only:
         cands = {d: [c for c in cs if c[4]] for d, cs in cands.items()}
-    fast = {64: [(128, 128, 4, 3, True), (128, 64, 4, 4, True)], 128: [(128, 128, 8, 3, True), (128, 64, 8, 3, True)]}
+    fast = {64: [(128, 128, 4, 3, True, 1), (128, 64, 4, 4, True, 1)],
+            128: [(128, 128, 8, 3, True, 1), (128, 64, 8, 3, True, 1)]}
     if not args.fast_exp2:
         fast = {64: [], 128: []}
-    jobs = [(d, H, "float16", c, dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s), t, False)
-            for d, H in CASES for m, n, w, s, t in cands[d] for c in (False, True)]
-    jobs += [(d, H, "float16", c, dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s), t, True)
-             for d, H in CASES for m, n, w, s, t in fast[d] for c in (False, True)]
+    cands = {d: [tuple(c) + (1,) * (6 - len(c)) for c in cs] for d, cs in cands.items()}  # Q_BLOCKS=1 default
+    jobs = [(d, H, "float16", c, dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s, Q_BLOCKS=qb), t, False)
+            for d, H in CASES for m, n, w, s, t, qb in cands[d] for c in (False, True)]
+    jobs += [(d, H, "float16", c, dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s, Q_BLOCKS=qb), t, True)
+             for d, H in CASES for m, n, w, s, t, qb in fast[d] for c in (False, True)]
     precompile(jobs)
     fast_step = _fast_exp2_step()
     rows = []
@@ -211,8 +220,8 @@ def sweep(args):
                 base = {}
                 for p in ("sdpa_flash", "sdpa_cudnn"):
                     base[p] = flops(BATCH, H, N, d, causal) / bench_ms(peer_fn(p, q, k, v, causal)) / 1e9
-                for m, n, w, s, tma, step in [c + (None,) for c in cands[d]] + [c + (fast_step,) for c in fast[d]]:
-                    cfg = dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s)
+                for m, n, w, s, tma, qb, step in [c + (None,) for c in cands[d]] + [c + (fast_step,) for c in fast[d]]:
+                    cfg = dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s, Q_BLOCKS=qb)
                     try:
                         O, _ = tf.launch(q, k, v, is_causal=causal, config=cfg, use_tma=tma, step=step)
                         err, tol = check(O, q, k, v, causal)
@@ -229,6 +238,7 @@ def sweep(args):
                 print(f"\nN={N} d={d} causal={causal}: flash {base['sdpa_flash']:.0f}, cudnn {base['sdpa_cudnn']:.0f} TFLOP/s")
                 for r in best[:12]:
                     print(f"  {r['BLOCK_M']:>3} {r['BLOCK_N']:>3} w{r['num_warps']} s{r['num_stages']} tma={int(r['tma'])}"
+                          f" qb={r['Q_BLOCKS']}"
                           f"{' exp2-f16x2' if r['exp2_f16x2'] else ''}"
                           f"  {r['tflops']:6.1f} TFLOP/s  x{r['tflops'] / base['sdpa_flash']:.2f} flash"
                           f"  {'ok' if r['ok'] else 'WRONG'}", flush=True)

@@ -133,53 +133,21 @@ def _load_rows(base, rows, n_rows, stride_row, offs_d, stride_d, other,
     return tile
 
 
-# N_q, N_k and N_KEY are not specialised on (divisible by 16 or not): one binary serves every length
-@triton.jit(do_not_specialize=["N_q", "N_k", "N_KEY"])
-def _attention_forward_kernel(
-    Q, K, V, O, L,  # pointers: Q (B, H, N_q, d), K and V (B, H, N_k, d), O like Q, L (B, H, N_q) fp32
-    stride_qb, stride_qh, stride_qn, stride_qd,  # strides in elements: any layout works
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_ob, stride_oh, stride_on, stride_od,
-    H, N_q, N_k,  # heads, number of queries, number of keys
-    qk_scale,  # scale · log2(e)
-    N_KEY,  # bucket of max(N_q, N_k): not used by the code, only by the autotuner's key
-    HEAD_DIM: tl.constexpr,  # d
-    BLOCK_D: tl.constexpr,  # d padded to a power of two (tl.arange and tl.dot need one)
-    BLOCK_M: tl.constexpr,  # B_r: query rows per program
-    BLOCK_N: tl.constexpr,  # B_c: key rows per inner step
-    IS_CAUSAL: tl.constexpr,
-    STEP: tl.constexpr,  # the @triton.jit inner-loop body (attention_block_step or a replacement)
-    USE_TMA: tl.constexpr,  # move Q, K, V, O tiles with TMA tensor descriptors (Hopper) instead of pointers
-    PAD_V: tl.constexpr,  # value read for V rows past N_k (0.0; graders poison it)
+@triton.jit
+def _forward_query_block(
+    start_m,  # index i of the query block
+    q_base, k_base, v_base, o_base, l_base,  # this (batch, head)'s Q, K, V, O and L rows
+    q_desc, k_desc, v_desc, o_desc,  # their TMA descriptors (USE_TMA) or unused
+    stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_on, stride_od,
+    N_q, N_k, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, STEP: tl.constexpr, USE_TMA: tl.constexpr, PAD_V: tl.constexpr,
 ):
-    T_r = tl.cdiv(N_q, BLOCK_M)
-    if IS_CAUSAL:
-        start_m = T_r - 1 - tl.program_id(0)  # longest rows first: better load balance at the tail
-    else:
-        start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    # base pointers of this (batch, head), in int64: B·H·N·d may exceed 2³¹
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-
+    """O_i and L_i of one query block: the body of forward_fa2's outer loop."""
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query rows i
     offs_n = tl.arange(0, BLOCK_N)  # (BLOCK_N,) key offsets inside a block
     offs_d = tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-
     if USE_TMA:
-        # TMA descriptors of this head's (N, d) matrices: the copy engine clips at N and d and fills
-        # the outside with zeros, so no masks are needed on loads or on the store
-        q_desc = tl.make_tensor_descriptor(q_base, shape=[N_q, HEAD_DIM], strides=[stride_qn, 1],
-                                           block_shape=[BLOCK_M, BLOCK_D])
-        k_desc = tl.make_tensor_descriptor(k_base, shape=[N_k, HEAD_DIM], strides=[stride_kn, 1],
-                                           block_shape=[BLOCK_N, BLOCK_D])
-        v_desc = tl.make_tensor_descriptor(v_base, shape=[N_k, HEAD_DIM], strides=[stride_vn, 1],
-                                           block_shape=[BLOCK_N, BLOCK_D])
         q = q_desc.load([start_m * BLOCK_M, 0])
     else:
         q = _load_rows(q_base, offs_m, N_q, stride_qn, offs_d, stride_qd, 0.0, HEAD_DIM, BLOCK_D, True)
@@ -231,17 +199,87 @@ def _attention_forward_kernel(
     l_safe = tl.where(seen, l_i, 1.0)
     o = acc / l_safe[:, None]
     lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * _LN2, float("-inf"))
-    tl.store(L + bh.to(tl.int64) * N_q + offs_m, lse, mask=offs_m < N_q)
+    tl.store(l_base + offs_m, lse, mask=offs_m < N_q)
     if USE_TMA:
-        o_desc = tl.make_tensor_descriptor(o_base, shape=[N_q, HEAD_DIM], strides=[stride_on, 1],
-                                           block_shape=[BLOCK_M, BLOCK_D])
-        o_desc.store([start_m * BLOCK_M, 0], o.to(O.dtype.element_ty))
+        o_desc.store([start_m * BLOCK_M, 0], o.to(o_base.dtype.element_ty))
     else:
         o_ptrs = o_base + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
         o_mask = offs_m[:, None] < N_q
         if HEAD_DIM != BLOCK_D:
             o_mask = o_mask & (offs_d[None, :] < HEAD_DIM)
-        tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=o_mask)
+        tl.store(o_ptrs, o.to(o_base.dtype.element_ty), mask=o_mask)
+
+
+# N_q, N_k and N_KEY are not specialised on (divisible by 16 or not): one binary serves every length
+@triton.jit(do_not_specialize=["N_q", "N_k", "N_KEY"])
+def _attention_forward_kernel(
+    Q, K, V, O, L,  # pointers: Q (B, H, N_q, d), K and V (B, H, N_k, d), O like Q, L (B, H, N_q) fp32
+    stride_qb, stride_qh, stride_qn, stride_qd,  # strides in elements: any layout works
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    H, N_q, N_k,  # heads, number of queries, number of keys
+    qk_scale,  # scale · log2(e)
+    N_KEY,  # bucket of max(N_q, N_k): not used by the code, only by the autotuner's key
+    HEAD_DIM: tl.constexpr,  # d
+    BLOCK_D: tl.constexpr,  # d padded to a power of two (tl.arange and tl.dot need one)
+    BLOCK_M: tl.constexpr,  # B_r: query rows per query block
+    BLOCK_N: tl.constexpr,  # B_c: key rows per inner step
+    IS_CAUSAL: tl.constexpr,
+    STEP: tl.constexpr,  # the @triton.jit inner-loop body (attention_block_step or a replacement)
+    USE_TMA: tl.constexpr,  # move Q, K, V, O tiles with TMA tensor descriptors (Hopper) instead of pointers
+    PAD_V: tl.constexpr,  # value read for V rows past N_k (0.0; graders poison it)
+    Q_BLOCKS: tl.constexpr = 1,  # query blocks per program: 1, or 2 (causal: block i with T_r-1-i)
+):
+    T_r = tl.cdiv(N_q, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    # base pointers of this (batch, head), in int64: B·H·N·d may exceed 2³¹
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    k_base = K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    l_base = L + bh.to(tl.int64) * N_q
+    if USE_TMA:
+        # TMA descriptors of this head's (N, d) matrices: the copy engine clips at N and d and fills
+        # the outside with zeros, so no masks are needed on loads or on the store
+        q_desc = tl.make_tensor_descriptor(q_base, shape=[N_q, HEAD_DIM], strides=[stride_qn, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[N_k, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[N_k, HEAD_DIM], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        o_desc = tl.make_tensor_descriptor(o_base, shape=[N_q, HEAD_DIM], strides=[stride_on, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+    else:  # the pointer path does not use descriptors
+        q_desc, k_desc, v_desc, o_desc = q_base, k_base, v_base, o_base
+
+    # Which query blocks this program computes. Causal: the longest rows first (better load balance
+    # at the tail); with two blocks per program, block i goes with block T_r-1-i, so that every
+    # program does the same amount of work.
+    if Q_BLOCKS == 1:
+        if IS_CAUSAL:
+            first = T_r - 1 - pid
+        else:
+            first = pid
+    else:
+        if IS_CAUSAL:
+            first = T_r - 1 - pid
+            second = pid
+        else:
+            first = 2 * pid
+            second = 2 * pid + 1
+    _forward_query_block(first, q_base, k_base, v_base, o_base, l_base, q_desc, k_desc, v_desc, o_desc,
+                         stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_on, stride_od,
+                         N_q, N_k, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL, STEP, USE_TMA, PAD_V)
+    if Q_BLOCKS == 2:
+        if second != first and second < T_r:
+            _forward_query_block(second, q_base, k_base, v_base, o_base, l_base, q_desc, k_desc, v_desc, o_desc,
+                                 stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_on,
+                                 stride_od, N_q, N_k, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL,
+                                 STEP, USE_TMA, PAD_V)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,19 +287,21 @@ def _attention_forward_kernel(
 # ------------------------------------------------------------------------------------------------
 #: The one config under the interpreter: small tiles (tl.dot needs >= 16) so CPU runs stay fast,
 #: BLOCK_M = 2·BLOCK_N so that causal query blocks have two diagonal key blocks.
-CPU_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1)
+CPU_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1, Q_BLOCKS=1)
 
-#: Hopper (H100) configs per padded head dim, fp16/bf16, best first: (BLOCK_M, BLOCK_N, num_warps,
-#: num_stages). Measured with benchmarks/bench_forward.py --sweep (benchmarks/PERFORMANCE_forward.md):
+#: Hopper (H100) configs per padded head dim, fp16/bf16: (BLOCK_M, BLOCK_N, num_warps, num_stages
+#: [, Q_BLOCKS]). Measured with benchmarks/bench_forward.py --sweep (benchmarks/PERFORMANCE_forward.md):
 #: with TMA, BLOCK_M=128 fits in one warpgroup (4 warps) at d <= 64; at d=128 two warpgroups (8 warps)
-#: and a 128 x 128 tile with 3 stages win. The last entries serve the pointer path (strided inputs),
-#: which needs more registers for its address tensors.
+#: and a 128 x 128 tile with 3 stages win. Q_BLOCKS=2 runs two query blocks per program (causal: a
+#: long and a short one). The last entries serve the pointer path (strided inputs), which needs more
+#: registers for its address tensors. The autotuner times the list once per (length bucket, causal).
 GPU_CONFIGS = {
-    16: [(128, 128, 4, 3), (64, 128, 4, 2), (128, 64, 4, 3), (64, 64, 4, 3)],
-    32: [(128, 128, 4, 3), (64, 128, 4, 2), (128, 64, 4, 3), (64, 64, 4, 3)],
-    64: [(128, 128, 4, 3), (64, 128, 4, 2), (128, 64, 4, 4), (128, 64, 4, 3), (128, 128, 4, 4), (64, 64, 4, 3),
-         (128, 64, 8, 3)],
-    128: [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 2), (128, 64, 8, 4), (64, 64, 4, 3)],
+    16: [(128, 128, 4, 3), (128, 128, 4, 3, 2), (64, 128, 4, 2), (128, 64, 4, 3), (64, 64, 4, 3)],
+    32: [(128, 128, 4, 3), (128, 128, 4, 3, 2), (64, 128, 4, 2), (128, 64, 4, 3), (64, 64, 4, 3)],
+    64: [(128, 128, 4, 3), (128, 128, 4, 3, 2), (128, 64, 4, 3), (128, 64, 4, 3, 2), (64, 128, 4, 2),
+         (128, 64, 4, 4), (64, 64, 4, 3), (128, 64, 8, 3)],
+    128: [(128, 128, 8, 3), (128, 128, 8, 3, 2), (128, 64, 4, 2), (128, 64, 4, 2, 2), (128, 64, 8, 3),
+          (128, 64, 8, 4), (64, 64, 4, 3)],
     256: [(64, 64, 4, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
 }
 #: fp32 inputs: IEEE fp32 dot products have no wgmma path and twice the bytes: smaller tiles.
@@ -272,10 +312,11 @@ GPU_CONFIGS_FP32 = {
 
 
 def configs_for(block_d: int, dtype: torch.dtype) -> list[dict]:
-    """The candidate configs (dicts of BLOCK_M, BLOCK_N, num_warps, num_stages) for a padded
-    head dim and dtype on the GPU."""
+    """The candidate configs (dicts of BLOCK_M, BLOCK_N, num_warps, num_stages, Q_BLOCKS) for a
+    padded head dim and dtype on the GPU."""
     table = GPU_CONFIGS_FP32 if dtype == torch.float32 else GPU_CONFIGS
-    return [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s) for m, n, w, s in table[block_d]]
+    return [dict(BLOCK_M=c[0], BLOCK_N=c[1], num_warps=c[2], num_stages=c[3], Q_BLOCKS=c[4] if len(c) > 4 else 1)
+            for c in table[block_d]]
 
 
 _autotuned = {}
@@ -287,8 +328,8 @@ def _autotuned_kernel(block_d: int, dtype: torch.dtype):
     fp32 = dtype == torch.float32
     if (block_d, fp32) not in _autotuned:
         configs = [
-            triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"]}, num_warps=c["num_warps"],
-                          num_stages=c["num_stages"])
+            triton.Config({"BLOCK_M": c["BLOCK_M"], "BLOCK_N": c["BLOCK_N"], "Q_BLOCKS": c["Q_BLOCKS"]},
+                          num_warps=c["num_warps"], num_stages=c["num_stages"])
             for c in configs_for(block_d, dtype)
         ]
         _autotuned[(block_d, fp32)] = triton.autotune(configs=configs, key=["N_KEY", "HEAD_DIM", "IS_CAUSAL", "USE_TMA"])(
@@ -355,7 +396,8 @@ def _check(q, k, v, scale):
 def launch(q, k, v, *, is_causal=False, scale=None, config=None, step=None, use_tma=None, pad_v=0.0):
     """Run the kernel with every knob exposed.
 
-    config: dict with BLOCK_M, BLOCK_N, num_warps, num_stages to force one configuration (None:
+    config: dict with BLOCK_M, BLOCK_N, num_warps, num_stages (and optionally Q_BLOCKS, query blocks
+    per program, 1 or 2) to force one configuration (None:
     autotuned on a GPU, CPU_CONFIG under the interpreter). step: the @triton.jit inner-loop body
     (None: attention_block_step). use_tma: None picks TMA when the GPU and the layout allow it.
     pad_v: value loaded for V rows past N_k (graders poison it to catch unmasked padding).
@@ -388,11 +430,13 @@ def launch(q, k, v, *, is_causal=False, scale=None, config=None, step=None, use_
     if config is None and device.TRITON_INTERPRET:
         config = CPU_CONFIG
     if config is not None:
-        grid = (triton.cdiv(N_q, config["BLOCK_M"]), B * H)
+        q_blocks = config.get("Q_BLOCKS", 1)
+        grid = (triton.cdiv(triton.cdiv(N_q, config["BLOCK_M"]), q_blocks), B * H)
         _attention_forward_kernel[grid](*args, **meta, BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
-                                        num_warps=config.get("num_warps", 4), num_stages=config.get("num_stages", 2))
+                                        Q_BLOCKS=q_blocks, num_warps=config.get("num_warps", 4),
+                                        num_stages=config.get("num_stages", 2))
     else:
-        grid = lambda meta: (triton.cdiv(N_q, meta["BLOCK_M"]), B * H)  # noqa: E731
+        grid = lambda meta: (triton.cdiv(triton.cdiv(N_q, meta["BLOCK_M"]), meta["Q_BLOCKS"]), B * H)  # noqa: E731
         _autotuned_kernel(block_d, q.dtype)[grid](*args, **meta)
     return O, L
 

@@ -73,9 +73,12 @@ def test_fp32_is_fp32_accurate():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("config", [dict(BLOCK_M=16, BLOCK_N=32), dict(BLOCK_M=16, BLOCK_N=16), dict(BLOCK_M=64, BLOCK_N=16)])
+@pytest.mark.parametrize("config", [dict(BLOCK_M=16, BLOCK_N=32), dict(BLOCK_M=16, BLOCK_N=16), dict(BLOCK_M=64, BLOCK_N=16),
+                                    dict(BLOCK_M=16, BLOCK_N=16, Q_BLOCKS=2), dict(BLOCK_M=32, BLOCK_N=16, Q_BLOCKS=2)],
+                         ids=lambda c: "_".join(f"{k}{v}" for k, v in c.items()))
 def test_block_sizes_cpu(config, causal):
-    """BLOCK_N > BLOCK_M, equal, and several diagonal blocks per query block."""
+    """BLOCK_N > BLOCK_M, equal, several diagonal blocks per query block, and two query blocks per
+    program (an odd number of query blocks: 45 rows are 3 blocks of 16 or 2 of 32)."""
     q, k, v = _inputs(1, 2, 45, 51, 32, torch.float32, seed=7)
     O, L = tf.launch(q, k, v, is_causal=causal, config=config)
     _assert_matches(q, k, v, causal, O, L)
@@ -167,6 +170,20 @@ def test_other_head_dims_and_lengths_gpu(shape, dtype, causal):
     q, k, v = _inputs(B, H, N_q, N_k, d, dtype, seed=N_q + d)
     O, L = tf.attention_forward(q, k, v, is_causal=causal)
     _assert_matches(q, k, v, causal, O, L)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d", [64, 128])
+def test_every_tuned_config_gpu(d, causal):
+    """Whatever the autotuner picks must be right: every config of the list, on odd lengths."""
+    q, k, v = _inputs(2, 3, 1000, 777, d, torch.float16, seed=d)
+    for config in tf.configs_for(d, torch.float16):
+        O, L = tf.launch(q, k, v, is_causal=causal, config=config)
+        try:
+            _assert_matches(q, k, v, causal, O, L)
+        except AssertionError as e:
+            raise AssertionError(f"config {config}: {e}") from None
 
 
 @pytest.mark.gpu
