@@ -35,6 +35,7 @@ import sys
 import time
 
 import torch
+import torch._functorch.config  # noqa: F401  (`import torch` alone does not load it)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,7 +62,7 @@ def make_pattern(mask: str, N: int, device) -> fp.Pattern:
         g = torch.Generator().manual_seed(N)
         lengths, left = [], N
         while left > 0:
-            n = min(left, int(torch.randint(N // 32, N // 4 + 1, (1,), generator=g)))
+            n = min(left, int(torch.randint(max(1, N // 32), max(1, N // 4) + 1, (1,), generator=g)))
             lengths.append(n)
             left -= n
         return fp.document(fp.document_ids_from_lengths(lengths), causal=True, device=device)
@@ -103,7 +104,12 @@ def main(argv=None):
     ap.add_argument("--merge", action="store_true", help="merge into an existing flex_h100.json")
     ap.add_argument("--tune", action="store_true",
                     help="first pick the mini-Flex tiles per head dim among a few candidates (causal, N=4096)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU plumbing check: tiny shapes under the interpreter, SDPA with the dense mask standing "
+                         "in for FlexAttention (no flex backward on CPU), wall-clock timing; numbers mean nothing")
     args = ap.parse_args(argv)
+    if args.smoke:
+        return smoke(args)
     if not torch.cuda.is_available():
         print("bench_flex needs a CUDA GPU; the recorded results are in benchmarks/results/flex_h100.json")
         return 0
@@ -122,13 +128,47 @@ def main(argv=None):
     if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):
         torch._dynamo.config.accumulated_recompile_limit = 1024
     flex = torch.compile(flex_attention, dynamic=False)
-    dev = torch.device("cuda")
+    return sweep_and_record(args, flex, do_bench, create_block_mask, torch.device("cuda"),
+                            torch.cuda.get_device_name(), triton.__version__)
+
+
+def smoke(args):
+    """Run main's whole path on the CPU with tiny shapes (see --smoke)."""
+    import triton
+    from torch.nn.attention.flex_attention import create_block_mask, create_mask
+
+    global BATCH, FWD_CANDIDATES, BWD_CANDIDATES
+    BATCH = 1
+    FWD_CANDIDATES = {64: [(16, 16, 4, 1), (32, 16, 4, 1)], 128: [(16, 16, 4, 1)]}
+    BWD_CANDIDATES = [(16, 32, 32, 16, 4, 1)]
+
+    def sdpa_as_flex(q, k, v, block_mask):
+        N = q.shape[2]
+        dense = create_mask(block_mask.mask_mod, None, None, N, N, device=q.device)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+
+    def wall_clock(fn, warmup=0, rep=0, return_mode="median"):
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+
+    def small_blocks(mask_mod, B, H, Nq, Nk, device):
+        return create_block_mask(mask_mod, B, H, Nq, Nk, device=device, BLOCK_SIZE=32)
+
+    args.ns = [n for n in args.ns if n <= 128] or [64]
+    args.ds = [64]
+    return sweep_and_record(args, sdpa_as_flex, wall_clock, small_blocks, torch.device("cpu"),
+                            "CPU smoke run (not a measurement)", triton.__version__, tune_N=64)
+
+
+def sweep_and_record(args, flex, do_bench, create_block_mask, dev, device_name, triton_version, tune_N=4096):
+    """Tune (optionally), then check and time every case; write JSON, table and plot."""
     t0 = time.time()
     outdir = pathlib.Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / "flex_h100.json"
     record = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "device": device_name, "torch": torch.__version__, "triton": triton_version,
         "python": platform.python_version(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "dtype": "float16", "batch": BATCH, "block_mask": "create_block_mask, BLOCK_SIZE 128 x 128 (both kernels)",
         "timing": "triton.testing.do_bench median, ms; forward with inputs requiring grad; backward = autograd.grad on a kept graph",
@@ -147,25 +187,28 @@ def main(argv=None):
     if args.tune:
         record["tuning"] = []
         for d, H in cases:
-            chosen[d] = tune(d, H, do_bench, create_block_mask, record["tuning"])
-            torch.cuda.empty_cache()
+            chosen[d] = tune(d, H, do_bench, create_block_mask, record["tuning"], dev=dev, N=tune_N)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
     todo = [(N, mask, d, H) for N in args.ns for mask in args.masks for d, H in cases]
     for N, mask, d, H in todo:
         if time.time() - t0 > args.budget:
             print(f"time budget of {args.budget:.0f} s spent: stopping before N={N} {mask} d={d}", flush=True)
             break
         try:
-            row = run_case(N, mask, d, H, flex, chosen, record, do_bench, create_block_mask)
+            row = run_case(N, mask, d, H, flex, chosen, record, do_bench, create_block_mask, dev=dev)
         except Exception as e:  # one failing case must not lose the others
             print(f"{mask} N={N} d={d}: {type(e).__name__}: {str(e)[:300]}", flush=True)
             record.setdefault("errors", []).append({"mask": mask, "N": N, "d": d, "error": f"{type(e).__name__}: {e}"[:500]})
-            torch.cuda.empty_cache()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
             continue
         record["rows"] = [r for r in record["rows"] if (r["mask"], r["N"], r["d"]) != (mask, N, d)] + [row]
         print(f"[{time.time() - t0:5.0f}s] {mask:15s} N={N:5d} d={d:3d}  check={'ok' if row['check']['pass'] else 'FAIL'}  "
               f"fwd {row['mini_flex_fwd_ms']:.3f}/{row['flex_fwd_ms']:.3f} ms ({row['speed_fwd']:.2f}x)  "
               f"bwd {row['mini_flex_bwd_ms']:.3f}/{row['flex_bwd_ms']:.3f} ms ({row['speed_bwd']:.2f}x)", flush=True)
-        torch.cuda.empty_cache()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
         path.write_text(json.dumps(record, indent=1) + "\n")
 
     path.write_text(json.dumps(record, indent=1) + "\n")
@@ -191,7 +234,7 @@ def run_case(N, mask, d, H, flex, chosen, record, do_bench, create_block_mask, d
     q, k, v, dO = (torch.randn(B, H, N, d, device=dev, dtype=torch.float16, generator=g) for _ in range(4))
     for t in (q, k, v):
         t.requires_grad_(True)
-    _, fwd_cfg, bwd_cfg = mf.default_configs(d, True)
+    _, fwd_cfg, bwd_cfg = mf.default_configs(d, dev.type == "cuda")
     fwd_cfg, bwd_cfg = chosen.get(d, (fwd_cfg, bwd_cfg))
     record["mini_flex_configs"][f"d={d}"] = {"forward": vars(fwd_cfg), "backward": vars(bwd_cfg),
                                              "how": "tuned (see tuning)" if d in chosen else "default_configs"}
@@ -236,10 +279,10 @@ FWD_CANDIDATES = {64: [(128, 128, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3)],
 BWD_CANDIDATES = [(64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 4, 3), (64, 64, 64, 64, 4, 3)]
 
 
-def tune(d, H, do_bench, create_block_mask, log, N=4096):
+def tune(d, H, do_bench, create_block_mask, log, dev=None, N=4096):
     """Time the candidate tiles of the mini-Flex on the causal mask at N=4096; keep the fastest
     forward and backward (a failing candidate, e.g. out of shared memory, is logged and skipped)."""
-    dev = torch.device("cuda")
+    dev = dev or torch.device("cuda")
     pattern = fp.causal()
     mbm = mf.MiniBlockMask.from_torch(create_block_mask(pattern.mask_mod, None, None, N, N, device=dev))
     g = torch.Generator(device=dev).manual_seed(1)
@@ -266,7 +309,7 @@ def tune(d, H, do_bench, create_block_mask, log, N=4096):
             except Exception as e:
                 log.append({"d": d, "N": N, "kind": kind, "config": list(c), "error": f"{type(e).__name__}: {e}"[:300]})
                 print(f"tune {kind} d={d} {c}: {type(e).__name__}: {str(e)[:200]}", flush=True)
-    _, f0, b0 = mf.default_configs(d, True)
+    _, f0, b0 = mf.default_configs(d, dev.type == "cuda")
     return (best["fwd"][1] if "fwd" in best else f0), (best["bwd"][1] if "bwd" in best else b0)
 
 

@@ -84,6 +84,10 @@ class Pattern:
     score_float: float = 0.0  # SF
     score_buffer: torch.Tensor | None = None  # SBUF (a learnable one has requires_grad)
     seq_len: int | None = None  # patterns tied to a sequence length (documents) say so
+    # A score_mod that gathers a value per (i, j) pair from memory (the relative bias table) makes
+    # Triton's software pipeliner buffer a whole B_r × B_c fp32 tile of it in shared memory per
+    # stage; the mini-Flex caps its pipeline stages at this so the kernels fit in the H100's SRAM.
+    max_stages: int | None = None
     params: dict = dataclasses.field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -531,7 +535,7 @@ def relative_bias(table: torch.Tensor, causal: bool = False, device=None) -> Pat
     mask = _causal_parts() if causal else {}
     return Pattern("relative_bias", f"score + table[h, clamp(i - j, ±{R})]" + (", causal" if causal else ""),
                    score_mod=score_mod, dense_scores_fn=dense_scores, tl_score_mod=tl_relative_bias,
-                   tl_score_grad=tl_relative_bias_grad, score_int=R, score_buffer=table,
+                   tl_score_grad=tl_relative_bias_grad, score_int=R, score_buffer=table, max_stages=2,
                    params={"factory": "relative_bias", "table": table, "causal": causal}, **mask)
 
 

@@ -803,6 +803,9 @@ def _make_plan(query, key, pattern, block_mask, scale, config, bwd_config) -> _P
     fit_fwd, fit_bwd = _fit_tiles(default_fwd, default_bwd, bm.BLOCK_SIZE)
     fwd, bwd = config or fit_fwd, bwd_config or fit_bwd
     _check_config(fwd, bwd, bm.BLOCK_SIZE)
+    if pattern is not None and pattern.max_stages is not None:  # see Pattern.max_stages
+        fwd = dataclasses.replace(fwd, num_stages=min(fwd.num_stages, pattern.max_stages))
+        bwd = dataclasses.replace(bwd, num_stages=min(bwd.num_stages, pattern.max_stages))
 
     if scale is None:
         scale = 1.0 / math.sqrt(d)

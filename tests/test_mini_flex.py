@@ -253,3 +253,104 @@ def test_gpu_bfloat16_and_head_dim_128():
     got, want, naive = run_both(q, k, v, p, dO)
     assert_matches("bf16 d=128", got, want, naive, torch.bfloat16, factor=3.0)
     assert math.isfinite(float(got[0].float().sum()))
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU, no GPU needed: every kernel compiles for the H100 (sm_90) and fits in its shared memory
+# ------------------------------------------------------------------------------------------------
+_SM90_SCRIPT = r'''
+import json, os, sys
+os.environ["TRITON_INTERPRET"] = "0"   # real compilation, not the interpreter
+import dataclasses
+import kernels  # noqa: F401
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kernels import flex_patterns as fp, mini_flex as mf
+
+def compile_sm90(fn, values, constexprs, num_warps, num_stages):
+    """As the JIT specialises on a GPU: pointers aligned, ints equal to 1 folded, ints divisible
+    by 16 hinted. Returns the shared memory the kernel needs, in bytes."""
+    signature, attrs, constexprs = {}, {}, dict(constexprs)
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        v = values[name]
+        if isinstance(v, int) and v == 1:
+            constexprs[name], signature[name] = 1, "constexpr"
+            continue
+        signature[name] = v if isinstance(v, str) else ("fp32" if isinstance(v, float) else "i32")
+        if isinstance(v, str) or (isinstance(v, int) and v % 16 == 0):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()}, attrs=attrs)
+    out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    return out.metadata.shared
+
+def values(fn, d):
+    out = {}
+    for n in fn.arg_names:
+        if n in ("L", "L2", "DELTA", "SBUF", "DSBUF"):
+            out[n] = "*fp32"
+        elif n in ("MBUF",) or n.endswith("_NUM") or n.endswith("_IDX"):
+            out[n] = "*i32"
+        elif n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV"):
+            out[n] = "*fp16"
+        elif n.startswith("stride"):
+            out[n] = {"b": 16 * 4096 * d, "h": 4096 * d, "n": d, "d": 1, "m": d}[n[-1]]
+        elif n in ("scale", "SF"):
+            out[n] = 0.5
+        else:
+            out[n] = {"H": 16, "Nq": 4096, "Nk": 4096, "BM_B": 1, "BM_H": 1}.get(n, 32)
+    return out
+
+report = []
+for name, p in fp.example_patterns(256, H=4).items():
+    for d in (64, 128):
+        _, f, b = mf.default_configs(d, True)
+        if p.max_stages:
+            f = dataclasses.replace(f, num_stages=min(f.num_stages, p.max_stages))
+            b = dataclasses.replace(b, num_stages=min(b.num_stages, p.max_stages))
+        mods = dict(MASK_MOD=p.tl_mask_mod or fp.tl_no_mask, SCORE_MOD=p.tl_score_mod or fp.tl_identity_score,
+                    HEAD_DIM=d, BLOCK_D=d, SPARSE_Q=128, SPARSE_KV=128, RAGGED=False, DOT_PRECISION="tf32")
+        k = mf._mini_flex_fwd_kernel
+        report.append((name, d, "forward", compile_sm90(k, values(k, d), dict(mods, BLOCK_M=f.BLOCK_M, BLOCK_N=f.BLOCK_N),
+                                                    f.num_warps, f.num_stages)))
+        if d == 128:  # the backward's largest tiles
+            mods["SCORE_GRAD"] = p.tl_score_grad or fp.tl_identity_grad
+            k = mf._mini_flex_bwd_dkdv_kernel
+            report.append((name, d, "dK/dV", compile_sm90(k, values(k, d), dict(mods, BLOCK_M1=b.BLOCK_M1, BLOCK_N1=b.BLOCK_N1),
+                                                      b.num_warps, b.num_stages)))
+            k = mf._mini_flex_bwd_dq_kernel
+            report.append((name, d, "dQ", compile_sm90(k, values(k, d), dict(mods, BLOCK_M2=b.BLOCK_M2, BLOCK_N2=b.BLOCK_N2,
+                                                   WRITE_DBUF=p.learnable or name == "relative_bias"), b.num_warps, b.num_stages)))
+print("REPORT " + json.dumps(report))
+'''
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_for_the_h100_and_fits_its_shared_memory(tmp_path):
+    """Compile (no GPU needed) every pattern's forward kernel at d = 64 and 128 and its backward
+    kernels at d = 128 for sm_90, specialised as the JIT would on the H100, with the default tiles:
+    the shared memory each needs must fit the H100's 227 KiB per block. (The software pipeliner
+    buffers every load of the inner loop once per stage: a per-pair gather, like the relative
+    bias table, costs a whole B_r × B_c fp32 tile per stage; Pattern.max_stages caps that.)"""
+    import subprocess
+    import sys
+
+    env = dict(__import__("os").environ, TRITON_INTERPRET="0", KERNELS_QUIET="1")
+    script = tmp_path / "sm90.py"
+    script.write_text(_SM90_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
+    if not line:
+        if "ptxas" in proc.stderr or "GPUTarget" in proc.stderr or "No module named 'triton.backends.nvidia'" in proc.stderr:
+            pytest.skip(f"this triton cannot compile for sm_90 here: {proc.stderr[-300:]}")
+        raise AssertionError(f"the compile script failed:\n{proc.stderr[-3000:]}")
+    import json
+
+    H100_SHARED = 232448  # bytes of shared memory one block may use on an H100 (227 KiB)
+    report = json.loads(line[0][len("REPORT "):])
+    assert len(report) == 10 * 2 + 10 * 2
+    too_big = [r for r in report if r[3] > H100_SHARED]
+    assert not too_big, f"kernels that need more shared memory than the H100 has: {too_big}"
