@@ -1069,6 +1069,26 @@ def _n_ticks(ax, Ns: list[int]) -> None:
     ax.minorticks_off()
 
 
+def _color(provider: str) -> str:
+    """One colour per provider in every plot."""
+    names = list(PROVIDERS)
+    if provider in names and names.index(provider) < 10:
+        return f"C{names.index(provider)}"
+    return "black"
+
+
+def _legend_outside(fig, axes) -> None:
+    """One legend for the figure, right of the panels, where it hides no line."""
+    seen = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="center right", fontsize=8)
+    right = 1 - 1.9 / fig.get_figwidth() if seen else 1  # about 1.9 inches for the legend
+    fig.tight_layout(rect=(0, 0, right, 0.95))
+
+
 def write_plots(data: dict, out_dir: str, name: str) -> list[str]:
     """PNG plots: TFLOP/s vs N (one figure per dtype and direction; a panel per d and causal),
     and peak memory vs N for each dtype."""
@@ -1091,7 +1111,7 @@ def write_plots(data: dict, out_dir: str, name: str) -> list[str]:
                 continue
             ds = sorted({r["d"] for r in rs})
             cs = sorted({r["causal"] for r in rs})
-            fig, axes = plt.subplots(len(ds), len(cs), figsize=(5.5 * len(cs), 3.8 * len(ds)), squeeze=False)
+            fig, axes = plt.subplots(len(ds), len(cs), figsize=(5.5 * len(cs) + 2, 3.8 * len(ds)), squeeze=False)
             for i, d in enumerate(ds):
                 for j, c in enumerate(cs):
                     ax = axes[i][j]
@@ -1100,16 +1120,14 @@ def write_plots(data: dict, out_dir: str, name: str) -> list[str]:
                                      if r["provider"] == p and r["d"] == d and r["causal"] == c and r["status"] == "ok")
                         if pts:
                             style = "-o" if PROVIDERS.get(p, Provider(p, "", None)).course else "--s"
-                            ax.plot([x for x, _ in pts], [y for _, y in pts], style, label=p, markersize=4)
+                            ax.plot([x for x, _ in pts], [y for _, y in pts], style, label=p, markersize=4, color=_color(p))
                     _n_ticks(ax, sorted({r["N"] for r in rs}))
                     ax.set_xlabel("N (sequence length)")
                     ax.set_ylabel("TFLOP/s")
                     ax.set_title(f"d={d}, {'causal' if c else 'non-causal'}")
                     ax.grid(True, alpha=0.3)
-                    if ax.get_legend_handles_labels()[0]:
-                        ax.legend(fontsize=7)
+            _legend_outside(fig, axes)
             fig.suptitle(f"{direction} {dtype} on {dev}{suffix}")
-            fig.tight_layout()
             path = os.path.join(out_dir, f"{name}_{dtype}_{direction.replace('+', '')}.png")
             fig.savefig(path, dpi=110)
             plt.close(fig)
@@ -1123,23 +1141,21 @@ def write_plots(data: dict, out_dir: str, name: str) -> list[str]:
         panels = sorted({(r["sweep"], r["d"], r["B"], r["H"]) for r in rs})
         if not panels:
             continue
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 2, 3.8), squeeze=False)
         for ax, (sweep, d, B, H) in zip(axes[0], panels):
             for p in order:
                 pts = sorted((r["N"], r["peak_bytes"] / 2**30) for r in rs
                              if r["provider"] == p and (r["sweep"], r["d"], r["B"], r["H"]) == (sweep, d, B, H))
                 if pts:
-                    ax.plot([x for x, _ in pts], [y for _, y in pts], "-o", label=p, markersize=4)
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], "-o", label=p, markersize=4, color=_color(p))
             _n_ticks(ax, sorted({r["N"] for r in rs if (r["sweep"], r["d"], r["B"], r["H"]) == (sweep, d, B, H)}))
             ax.set_yscale("log")
             ax.set_xlabel("N")
             ax.set_ylabel("peak GiB beyond inputs")
             ax.set_title(f"{direction}, d={d}, B={B}, H={H}, non-causal")
             ax.grid(True, alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
+        _legend_outside(fig, axes)
         fig.suptitle(f"peak memory, {dtype} on {dev}{suffix}")
-        fig.tight_layout()
         path = os.path.join(out_dir, f"{name}_{dtype}_memory.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
