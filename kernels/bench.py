@@ -611,7 +611,7 @@ class Config:
     rep_ms: float = 100.0
     baselines: list[str] = dataclasses.field(default_factory=lambda: list(GPU_BASELINES))
     plots: bool = True
-    max_call_ms: float = 1000.0  # a configuration slower than this per call is not timed at larger N
+    max_call_ms: float = 300.0  # a configuration slower than this per call is not timed at larger N
     ceilings: bool = False
     smoke: bool = False
 
@@ -1261,7 +1261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol-factor", type=float, default=3.0, help="tolerance = this x same-dtype naive error + ulps")
     p.add_argument("--warmup-ms", type=float, default=None)
     p.add_argument("--rep-ms", type=float, default=None)
-    p.add_argument("--max-call-ms", type=float, default=1000.0,
+    p.add_argument("--max-call-ms", type=float, default=300.0,
                    help="a provider slower than this per call is not timed at larger N (0: no limit)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--report", nargs="+", metavar="JSON",
