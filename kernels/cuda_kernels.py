@@ -540,14 +540,14 @@ def occupancy(registers: int, threads: int, smem: int, arch: str = "sm_90") -> d
 RECORDED_PTXAS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cuda_ptxas.json"
 
 
-def resources(source, arch: str = "sm_90") -> tuple[ResourceReport, bool]:
+def resources(source, arch: str = "sm_90", extra_flags=()) -> tuple[ResourceReport, bool]:
     """ptxas' report for a source: compiled here when nvcc exists (live=True), else the one
     recorded in benchmarks/results/cuda_ptxas.json (live=False), so a notebook can always show it."""
     if device.NVCC is not None:
-        return compile_check(source, arch), True
+        return compile_check(source, arch, extra_flags=tuple(extra_flags)), True
     import json
 
-    name = _source_path(source).name
+    name = " ".join([_source_path(source).name, *extra_flags])
     data = json.loads(RECORDED_PTXAS.read_text())
     rows = data["reports"][name][arch]
     kernels_ = [KernelResources(**{k: v for k, v in r.items() if k != "source"}) for r in rows]
@@ -562,6 +562,9 @@ def record_ptxas(archs=("sm_80", "sm_90")) -> dict:
     reports = {}
     for path in all_sources():
         reports[path.name] = {arch: compile_check(path, arch).rows() for arch in archs}
+    sweep = ("-DFLASH_V3_SWEEP",)  # every v3 tile configuration, as the GPU build compiles it
+    reports[" ".join([FORWARD_SOURCES["v3"], *sweep])] = {
+        arch: compile_check(FORWARD_SOURCES["v3"], arch, extra_flags=sweep).rows() for arch in archs}
     data = {"nvcc": _nvcc_version(), "date": datetime.date.today().isoformat(),
             "flags": "-std=c++17 -O3 -arch=<arch> -c -Xptxas -v", "reports": reports}
     RECORDED_PTXAS.write_text(json.dumps(data, indent=1))
