@@ -1239,7 +1239,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m kernels.bench",
         description="TFLOP/s and peak memory of the course's attention kernels against SDPA, FlexAttention and naive attention.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--providers", help=f"comma-separated; GPU default {','.join(GPU_DEFAULT)}; CPU default {','.join(CPU_DEFAULT)}")
     p.add_argument("--n", default=None, help="sequence lengths (default 1k,2k,4k,8k,16k)")
@@ -1251,7 +1250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", default=None, help="H for every d, or pairs like 64:32,128:16 (default 2048 // d)")
     p.add_argument("--memory-n", default=None, help="extra N for the memory sweep, B=--memory-batch, non-causal (default 32k,64k; 'none')")
     p.add_argument("--memory-batch", type=int, default=1)
-    p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
+    p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder (default benchmarks/results)")
     p.add_argument("--name", default=None, help="file name stem (default bench, bench_quick or bench_cpu_smoke)")
     p.add_argument("--quick", action="store_true", help="N=1k,2k, d=64, fp16, no memory sweep, shorter timing")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes, CPU providers (automatic without CUDA)")
@@ -1261,8 +1260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol-factor", type=float, default=3.0, help="tolerance = this x same-dtype naive error + ulps")
     p.add_argument("--warmup-ms", type=float, default=None)
     p.add_argument("--rep-ms", type=float, default=None)
-    p.add_argument("--max-call-ms", type=float, default=300.0,
-                   help="a provider slower than this per call is not timed at larger N (0: no limit)")
+    p.add_argument("--max-call-ms", type=float, default=None,
+                   help="a provider slower than this per call is not timed at larger N (default 300 on GPU; 0: no limit)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--report", nargs="+", metavar="JSON",
                    help="no measuring: merge these result files (e.g. one per dtype) into --out/--name JSON, table and plots")
@@ -1317,7 +1316,7 @@ def config_from_args(args) -> Config:
         rep_ms=args.rep_ms if args.rep_ms is not None else rep,
         baselines=split(args.baselines) if args.baselines else list(baselines),
         plots=not args.no_plots,
-        max_call_ms=args.max_call_ms,
+        max_call_ms=args.max_call_ms if args.max_call_ms is not None else (0.0 if cpu else 300.0),
         ceilings=args.ceilings,
         smoke=cpu or args.smoke,
     )

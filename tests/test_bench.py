@@ -129,7 +129,7 @@ def test_gate_rejects_a_backward_with_a_wrong_gradient():
 def _cfg(tmp_path, providers, **kw):
     base = dict(providers=providers, Ns=[32, 64], ds=[16], causals=[False], directions=["fwd"], dtypes=["fp32"],
                 batch=1, heads=2, out=str(tmp_path), name="t", device="cpu", warmup_ms=0, rep_ms=1,
-                baselines=["sdpa-math"], plots=False, smoke=True)
+                baselines=["sdpa-math"], plots=False, smoke=True, max_call_ms=0)
     return bench.Config(**(base | kw))
 
 
