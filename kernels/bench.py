@@ -267,7 +267,9 @@ def _cuda_loader(version: str) -> Callable[[], Impl]:
             forward_lse=lambda q, k, v, c, s: fwd(q, k, v, is_causal=c, scale=s, version=version),
         )
         if bwd is not None:
-            impl.backward = lambda q, k, v, O, L, dO, c, s: bwd(q, k, v, O, L, dO, is_causal=c, scale=s, version=version)
+            # the backward is numbered v1 (scalar) and v2 (tensor cores); v3 is a forward-only tuning
+            bwd_version = version if version in ("v1", "v2") else "v2"
+            impl.backward = lambda q, k, v, O, L, dO, c, s: bwd(q, k, v, O, L, dO, is_causal=c, scale=s, version=bwd_version)
         return impl
 
     return load
