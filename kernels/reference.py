@@ -70,6 +70,10 @@ def attention(
         key = key.repeat_interleave(group, dim=1)
         value = value.repeat_interleave(group, dim=1)
 
+    if Nk == 0:  # no keys at all: every row is fully masked
+        O = query.new_zeros(B, H, Nq, value.shape[-1])
+        return (O, query.new_full((B, H, Nq), float("-inf"))) if return_lse else O
+
     S = (query @ key.transpose(-2, -1)) * scale  # (B, H, Nq, Nk)
     allowed = None  # (…, Nq, Nk) bool, broadcastable
     if is_causal:

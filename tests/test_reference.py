@@ -69,6 +69,11 @@ def test_fully_masked_rows_give_zero_output_and_minus_inf_lse():
     assert all(torch.isfinite(t.grad).all() for t in (qq, kk, vv))
 
 
+def test_no_keys_at_all_is_a_fully_masked_row():
+    O, L = reference.attention(rand(2, 3, 4, 5), rand(2, 3, 0, 5), rand(2, 3, 0, 7), return_lse=True)
+    assert O.shape == (2, 3, 4, 7) and torch.all(O == 0) and torch.all(torch.isneginf(L))
+
+
 def test_dropout_uses_the_given_keep_mask():
     q, k, v = rand(1, 2, 5, 4), rand(1, 2, 6, 4), rand(1, 2, 6, 4)
     keep = torch.rand(1, 2, 5, 6) > 0.25
