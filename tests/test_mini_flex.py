@@ -231,8 +231,11 @@ def test_gpu_every_pattern_matches_flex_attention():
     FlexAttention (eager for every pattern, compiled for two): the mini-Flex's error against the
     float64 truth is at most twice FlexAttention's own."""
     N = 1000
+    # compiled flex for causal only: torch 2.11's compiled flex_attention fails to trace a
+    # score_mod that closes over a Python float (softcap's cap: "pending unbacked symbols"
+    # zuf0), while eager flex and torch 2.13 handle it
     for name, p in fp.example_patterns(N, H=4, device="cuda", learnable=True, seed=N).items():
-        compare_with_flex(name, p, N, ("softcap",), seed=len(name))
+        compare_with_flex(name, p, N, ("causal",), seed=len(name))
 
 
 @pytest.mark.gpu
