@@ -32,5 +32,7 @@ for e in events:
 NN = B * H * N * N * 2
 print(f"peak above the inputs: {best / 2**20:.1f} MiB = {best / NN:.3f} N×N fp16 matrices")
 for e in sorted(best_set.values(), key=lambda e: -e["size"]):
-    frames = [f["name"] for f in e.get("frames", []) if "torch" in f.get("filename", "") or "at::" in f.get("name", "")][:6]
+    # Python frames name the autograd node or the line of standard_attention that allocated it
+    frames = [f"{f['filename'].rsplit('/', 1)[-1]}:{f['line']} {f['name']}" for f in e.get("frames", [])
+              if f.get("filename", "").endswith(".py")][:6]
     print(f"{e['size'] / 2**20:8.1f} MiB  {' <- '.join(frames)[:300]}")
