@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PYTEST_WORKERS ?= 2
 
-.PHONY: lab test test-fast test-notebooks notebooks grade bench gpu-test clean
+.PHONY: lab test test-fast test-notebooks notebooks grade bench gpu-wheels clean
 
 $(VENV)/.install-stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ grade: $(VENV)/.install-stamp
 
 bench: $(VENV)/.install-stamp
 	$(BIN)/python -m kernels.bench
+
+# Wheels for a GPU machine without network (Python 3.12, x86-64): carry .whl/ with the project and
+# run tools/gpu_check.sh there.
+GPU_PLATFORMS := $(foreach t,manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_27_x86_64 manylinux_2_28_x86_64 manylinux_2_31_x86_64 manylinux1_x86_64 manylinux_2_5_x86_64 manylinux_2_24_x86_64,--platform $(t))
+gpu-wheels: $(VENV)/.install-stamp
+	grep -v '^#' tools/gpu_wheels.txt | xargs -n 1 $(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: \
+	    --python-version 3.12 --implementation cp $(GPU_PLATFORMS) -d .whl
 
 clean:
 	rm -rf $(VENV) .pytest_cache
