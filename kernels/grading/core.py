@@ -69,6 +69,29 @@ def fresh_generator(device="cpu") -> tuple[torch.Generator, int]:
     return g, seed
 
 
+def randn(g: torch.Generator, *shape, dtype=torch.float64, scale: float = 1.0) -> torch.Tensor:
+    """Standard normals drawn in float64 from `g` (so every dtype sees the same values), times
+    `scale`, in `dtype`."""
+    return torch.randn(*shape, generator=g, dtype=torch.float64).mul_(scale).to(dtype)
+
+
+def randint(g: torch.Generator, lo: int, hi: int) -> int:
+    """An int in [lo, hi], drawn from `g`."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def unpack(name: str, out, n: int) -> tuple:
+    """A candidate's result as n values (a tuple, list or NamedTuple), or a CaseFailure saying
+    what it returned instead."""
+    try:
+        items = tuple(out)
+    except TypeError:
+        raise CaseFailure(f"{name} should return {n} values, got {type(out).__name__}") from None
+    if len(items) != n:
+        raise CaseFailure(f"{name} should return {n} values, got {len(items)}")
+    return items
+
+
 @contextlib.contextmanager
 def case(description: str):
     """Run one case; any exception from the candidate becomes a CaseFailure naming the case.

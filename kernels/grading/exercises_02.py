@@ -27,31 +27,11 @@ from ..online_softmax import (
     worked_example,
 )
 from ..reference import attention
-from .core import CaseFailure, assert_close, case, fresh_generator, tolerance
+from .core import CaseFailure, assert_close, case, fresh_generator, randint, randn, tolerance, unpack
 from .registry import exercise
 
 F64 = torch.float64
 NEG_INF = float("-inf")
-
-
-def _randn(g, *shape, dtype=F64, scale=1.0):
-    return torch.randn(*shape, generator=g, dtype=F64).mul_(scale).to(dtype)
-
-
-def _randint(g, lo, hi):
-    """An int in [lo, hi]."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
-
-def _tensors(name: str, out, n: int):
-    """The candidate's result as n tensors (a tuple, list or NamedTuple)."""
-    try:
-        items = tuple(out)
-    except TypeError:
-        raise CaseFailure(f"{name} should return {n} values, got {type(out).__name__}") from None
-    if len(items) != n:
-        raise CaseFailure(f"{name} should return {n} values, got {len(items)}")
-    return items
 
 
 def _scalar_tensor(name: str, x) -> torch.Tensor:
@@ -136,7 +116,7 @@ def grade_merge_states(candidate):
         a = SoftmaxState.of(x_a) if a is None else a
         b = SoftmaxState.of(x_b) if b is None else b
         want = SoftmaxState.of(torch.cat([x_a, x_b], dim=-1).to(F64))
-        got = _tensors("merge_states(a, b)", candidate(a, b), 2)
+        got = unpack("merge_states(a, b)", candidate(a, b), 2)
         naive = SoftmaxState.of(torch.cat([x_a, x_b], dim=-1)) if dtype != F64 else None
         for k, field in enumerate(("m", "ell")):
             want_k = want[k]
@@ -145,22 +125,22 @@ def grade_merge_states(candidate):
 
     R = 8
     with case(f"float64 states of two random blocks, rows of shape ({R},) (seed {seed})"):
-        n_a, n_b = _randint(g, 1, 9), _randint(g, 1, 9)
-        x_a, x_b = _randn(g, R, n_a, scale=3.0), _randn(g, R, n_b, scale=3.0)
+        n_a, n_b = randint(g, 1, 9), randint(g, 1, 9)
+        x_a, x_b = randn(g, R, n_a, scale=3.0), randn(g, R, n_b, scale=3.0)
         x_a[0::2] += 4.0  # even rows: a holds the max; odd rows: b does
         x_b[1::2] += 4.0
         expect("merge", x_a, x_b)
 
     with case(f"float64 states with leading dims (2, 3, 4) (seed {seed})"):
-        x_a, x_b = _randn(g, 2, 3, 4, 5, scale=3.0), _randn(g, 2, 3, 4, 3, scale=3.0)
+        x_a, x_b = randn(g, 2, 3, 4, 5, scale=3.0), randn(g, 2, 3, 4, 3, scale=3.0)
         expect("merge", x_a, x_b)
 
     with case(f"large logits (about 1e4: exp overflows) (seed {seed})"):
-        x_a, x_b = _randn(g, R, 6, scale=1e4), _randn(g, R, 4, scale=1e4)
+        x_a, x_b = randn(g, R, 6, scale=1e4), randn(g, R, 4, scale=1e4)
         expect("merge", x_a, x_b)
 
     with case(f"empty states (every logit -inf: m = -inf, ℓ = 0) on either side or both (seed {seed})"):
-        x_a, x_b = _randn(g, R, 5, scale=3.0), _randn(g, R, 4, scale=3.0)
+        x_a, x_b = randn(g, R, 5, scale=3.0), randn(g, R, 4, scale=3.0)
         x_a[0:2] = NEG_INF  # rows 0, 1: a empty
         x_b[2:4] = NEG_INF  # rows 2, 3: b empty
         x_a[4:6] = NEG_INF  # rows 4, 5: both empty
@@ -169,17 +149,17 @@ def grade_merge_states(candidate):
         expect("merge", x_a, x_b)
 
     with case(f"the empty state is the identity: merge(empty, a) == a (seed {seed})"):
-        x = _randn(g, R, 5, scale=3.0)
+        x = randn(g, R, 5, scale=3.0)
         empty = SoftmaxState.empty((R,), F64)
         expect("merge(empty, a)", x[:, :0], x, a=empty)
 
     with case(f"float32 states (seed {seed})"):
-        x_a, x_b = _randn(g, R, 7, dtype=torch.float32, scale=5.0), _randn(g, R, 5, dtype=torch.float32, scale=5.0)
+        x_a, x_b = randn(g, R, 7, dtype=torch.float32, scale=5.0), randn(g, R, 5, dtype=torch.float32, scale=5.0)
         expect("merge", x_a, x_b, dtype=torch.float32)
 
     with case(f"associative and commutative: 5 blocks merged in random orders and trees (seed {seed})"):
         N = 24
-        x = _randn(g, R, N, scale=4.0)
+        x = randn(g, R, N, scale=4.0)
         x[0] = torch.sort(x[0]).values  # the max moves at every block
         cuts = _random_cuts(g, N, 5)
         want = SoftmaxState.of(x)
@@ -188,11 +168,11 @@ def grade_merge_states(candidate):
             order = torch.randperm(5, generator=g).tolist()
             pool = [parts[k] for k in order]
             while len(pool) > 1:  # merge a random adjacent pair, either way round
-                k = _randint(g, 0, len(pool) - 2)
+                k = randint(g, 0, len(pool) - 2)
                 left, right = pool[k], pool[k + 1]
-                if _randint(g, 0, 1):
+                if randint(g, 0, 1):
                     left, right = right, left
-                merged = SoftmaxState(*_tensors("merge_states(a, b)", candidate(left, right), 2))
+                merged = SoftmaxState(*unpack("merge_states(a, b)", candidate(left, right), 2))
                 pool[k : k + 2] = [merged]
             for field, w in (("m", want.m), ("ell", want.ell)):
                 assert_close(f"order {order}, trial {trial}: {field}", pool[0][0 if field == "m" else 1], w, tolerance(w, None, F64))
@@ -291,28 +271,28 @@ def grade_online_softmax(candidate):
 
     R = 4
     with case(f"float64, N = 29 in blocks of random sizes (seed {seed})"):
-        x = _randn(g, R, 29, scale=3.0)
-        expect(x, _random_cuts(g, 29, _randint(g, 4, 9)))
+        x = randn(g, R, 29, scale=3.0)
+        expect(x, _random_cuts(g, 29, randint(g, 4, 9)))
 
     with case(f"the max arrives in the last block (logits sorted ascending) (seed {seed})"):
-        x = torch.sort(_randn(g, R, 24, scale=3.0), dim=-1).values
+        x = torch.sort(randn(g, R, 24, scale=3.0), dim=-1).values
         expect(x, _random_cuts(g, 24, 6))
 
     with case(f"the max is in the first block (sorted descending), blocks of 1 (seed {seed})"):
-        x = torch.sort(_randn(g, R, 12, scale=3.0), dim=-1, descending=True).values
+        x = torch.sort(randn(g, R, 12, scale=3.0), dim=-1, descending=True).values
         expect(x, list(range(13)))
 
     with case(f"one block holding the whole row (seed {seed})"):
-        x = _randn(g, R, 9, scale=3.0)
+        x = randn(g, R, 9, scale=3.0)
         expect(x, [0, 9])
 
     with case(f"large logits (about 1e4: exp overflows) (seed {seed})"):
-        x = _randn(g, R, 30, scale=1e4)
+        x = randn(g, R, 30, scale=1e4)
         x[0] = torch.sort(x[0]).values
         expect(x, _random_cuts(g, 30, 6))
 
     with case(f"-inf: a fully masked row, a row whose first block is all -inf, scattered -inf (seed {seed})"):
-        x = _randn(g, R, 20, scale=3.0)
+        x = randn(g, R, 20, scale=3.0)
         cuts = _random_cuts(g, 20, 5)
         x[0] = NEG_INF
         x[1, : cuts[1]] = NEG_INF
@@ -320,7 +300,7 @@ def grade_online_softmax(candidate):
         expect(x, cuts)
 
     with case(f"float32, N = 40 (seed {seed})"):
-        x = _randn(g, R, 40, scale=6.0)
+        x = randn(g, R, 40, scale=6.0)
         expect(x, _random_cuts(g, 40, 7), dtype=torch.float32)
 
 
@@ -399,11 +379,11 @@ def grade_online_attention_row(candidate):
     g, seed = fresh_generator()
 
     def expect(N, d, d_v, B, dtype=F64, qk_scale=1.0, mask=None, ascending=False):
-        q = _randn(g, d, dtype=dtype, scale=qk_scale)  # (d,)
-        K = _randn(g, N, d, dtype=dtype, scale=qk_scale)  # (N, d)
+        q = randn(g, d, dtype=dtype, scale=qk_scale)  # (d,)
+        K = randn(g, N, d, dtype=dtype, scale=qk_scale)  # (N, d)
         if ascending:  # keys in order of increasing score: every block raises the running max
             K = K[torch.argsort(K.to(F64) @ q.to(F64))]
-        V = _randn(g, N, d_v, dtype=dtype)  # (N, d_v)
+        V = randn(g, N, d_v, dtype=dtype)  # (N, d_v)
         kw = {} if mask is None else {"attn_mask": mask[None, None, None, :]}
         O64, L64 = attention(q.to(F64)[None, None, None], K.to(F64)[None, None], V.to(F64)[None, None], return_lse=True, **kw)
         want_o, want_L = O64[0, 0, 0], L64[0, 0, 0]  # (d_v,), ()
@@ -413,12 +393,12 @@ def grade_online_attention_row(candidate):
         else:
             tol_o, tol_L = tolerance(want_o, None, F64), tolerance(want_L, None, F64)
         out = candidate(q, K, V, B) if mask is None else candidate(q, K, V, B, mask=mask)
-        o, L = _tensors("online_attention_row(...)", out, 2)
+        o, L = unpack("online_attention_row(...)", out, 2)
         assert_close("o", o, want_o, tol_o, expect_dtype=dtype)
         assert_close("L", _scalar_tensor("L", L), want_L, tol_L)
 
-    d, d_v = _randint(g, 3, 9), _randint(g, 1, 6)
-    B = _randint(g, 2, 5)
+    d, d_v = randint(g, 3, 9), randint(g, 1, 6)
+    B = randint(g, 2, 5)
     with case(f"float64, N = 4·B + 3 = {4 * B + 3} keys in blocks of B = {B}, d = {d}, d_v = {d_v} (seed {seed})"):
         expect(4 * B + 3, d, d_v, B)
     with case(f"N = 3·B + 1 = {3 * B + 1}: the last block has one key (seed {seed})"):
@@ -487,7 +467,7 @@ def grade_worked_example_iteration2(candidate):
 
     def expect(Q_i, K_j, V_j, m_prev, ell_prev, O_prev):
         want = attention_tile_step(Q_i, K_j, V_j, m_prev, ell_prev, O_prev)
-        got = _tensors("iteration2(...)", candidate(Q_i.clone(), K_j.clone(), V_j.clone(), m_prev.clone(), ell_prev.clone(), O_prev.clone()), 5)
+        got = unpack("iteration2(...)", candidate(Q_i.clone(), K_j.clone(), V_j.clone(), m_prev.clone(), ell_prev.clone(), O_prev.clone()), 5)
         for name, x, w in zip(names, got, want):
             assert_close(name, x, w, tolerance(w, None, F64), expect_dtype=F64)
 
@@ -503,9 +483,9 @@ def grade_worked_example_iteration2(candidate):
         expect(Q[0:2], K[0:2], V[0:2], torch.full((2,), NEG_INF, dtype=F64), torch.zeros(2, dtype=F64), torch.zeros(2, 2, dtype=F64))
 
     def random_case(B_r, B_c, d, d_v, scale):
-        Q_i = _randn(g, B_r, d, scale=scale)  # (B_r, d)
-        K_0, K_j = _randn(g, B_c, d, scale=scale), _randn(g, B_c, d, scale=scale)
-        V_0, V_j = _randn(g, B_c, d_v), _randn(g, B_c, d_v)
+        Q_i = randn(g, B_r, d, scale=scale)  # (B_r, d)
+        K_0, K_j = randn(g, B_c, d, scale=scale), randn(g, B_c, d, scale=scale)
+        V_0, V_j = randn(g, B_c, d_v), randn(g, B_c, d_v)
         # the previous tile: its scores are pushed up on even rows, down on odd rows, so that the
         # running max comes from the old tile in some rows and from the new one in others
         shift = torch.tensor([4.0 if r % 2 == 0 else -4.0 for r in range(B_r)], dtype=F64) * scale * scale
@@ -516,7 +496,7 @@ def grade_worked_example_iteration2(candidate):
         O_prev = (P0 @ V_0) / ell_prev[:, None]
         expect(Q_i, K_j, V_j, m_prev, ell_prev, O_prev)
 
-    B_r, B_c, d, d_v = _randint(g, 2, 5), _randint(g, 2, 5), _randint(g, 3, 8), _randint(g, 2, 4)
+    B_r, B_c, d, d_v = randint(g, 2, 5), randint(g, 2, 5), randint(g, 3, 8), randint(g, 2, 4)
     with case(f"random tiles B_r = {B_r}, B_c = {B_c}, d = {d}, d_v = {d_v} (seed {seed})"):
         random_case(B_r, B_c, d, d_v, 1.0)
     with case(f"random tiles, large logits (scores about 1e4) (seed {seed})"):

@@ -21,37 +21,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .. import device
 from ..reference import attention, attention_backward
 from ..tiled_backward import backward_fa2, compute_D, recompute_P, tile_gradients
-from .core import CaseFailure, assert_close, case, fresh_generator, tolerance
+from .core import CaseFailure, assert_close, case, fresh_generator, randint, randn, tolerance, unpack
 from .registry import exercise
 
 F64 = torch.float64
 
 
-def _randn(g, *shape, dtype=F64, scale=1.0):
-    return torch.randn(*shape, generator=g, dtype=F64).mul_(scale).to(dtype)
-
-
-def _randint(g, lo, hi):
-    """An int in [lo, hi]."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
-
-
-def _tensors(name: str, out, n: int):
-    try:
-        items = tuple(out)
-    except TypeError:
-        raise CaseFailure(f"{name} should return {n} tensors, got {type(out).__name__}") from None
-    if len(items) != n:
-        raise CaseFailure(f"{name} should return {n} tensors, got {len(items)}")
-    return items
-
-
 def _problem(g, B, H, Nq, Nk, d, *, is_causal=False, scale=None, logit_scale=1.0, dtype=F64):
     """Random Q, K, V, dO; the forward's O and L; the float64 gradients. A dict."""
-    q = _randn(g, B, H, Nq, d, scale=logit_scale)
-    k = _randn(g, B, H, Nk, d, scale=logit_scale)
-    v = _randn(g, B, H, Nk, d)
-    dO = _randn(g, B, H, Nq, d)
+    q = randn(g, B, H, Nq, d, scale=logit_scale)
+    k = randn(g, B, H, Nk, d, scale=logit_scale)
+    v = randn(g, B, H, Nk, d)
+    dO = randn(g, B, H, Nq, d)
     O, L = attention(q, k, v, is_causal=is_causal, scale=scale, return_lse=True)  # float64
     dQ, dK, dV = attention_backward(q, k, v, dO, is_causal=is_causal, scale=scale)
     low = lambda t: t.to(dtype)
@@ -99,7 +80,7 @@ def grade_D(candidate):
     """candidate(O, dO) -> D (B, H, N)."""
     g, seed = fresh_generator()
     with case(f"float64 O, dO of shape (2, 3, 11, 8) (seed {seed})"):
-        O, dO = _randn(g, 2, 3, 11, 8), _randn(g, 2, 3, 11, 8)
+        O, dO = randn(g, 2, 3, 11, 8), randn(g, 2, 3, 11, 8)
         assert_close("D", candidate(O, dO), (dO * O).sum(-1), 1e-10, expect_dtype=F64)
     with case(f"D equals rowsum(P ∘ dP) for real attention, N=9, d=5 (seed {seed})"):
         p = _problem(g, 1, 2, 9, 13, 5)
@@ -107,7 +88,7 @@ def grade_D(candidate):
         dP = p["dO"] @ p["V"].transpose(-2, -1)
         assert_close("D", candidate(p["O"], p["dO"]), (P * dP).sum(-1), 1e-10, expect_dtype=F64)
     with case(f"one row, d=1 (seed {seed})"):
-        O, dO = _randn(g, 1, 1, 1, 1), _randn(g, 1, 1, 1, 1)
+        O, dO = randn(g, 1, 1, 1, 1), randn(g, 1, 1, 1, 1)
         assert_close("D", candidate(O, dO), (dO * O).sum(-1), 1e-10)
 
 
@@ -217,7 +198,7 @@ def grade_tile_grads(candidate):
             scale * dS[..., r, c].transpose(-2, -1) @ Q[..., r, :],
         )
         mask = mask_full[r, c] if with_mask else None
-        got = _tensors("tile_grads", candidate(Q[..., r, :], K[..., c, :], V[..., c, :], dO[..., r, :],
+        got = unpack("tile_grads", candidate(Q[..., r, :], K[..., c, :], V[..., c, :], dO[..., r, :],
                                                L[..., r], D[..., r], scale, mask), 5)
         for name, gt, w in zip(("dV_j", "dP_ij", "dS_ij", "dQ_i", "dK_j"), got, want):
             assert_close(name, gt, w, tolerance(w, None, F64), expect_dtype=F64)
@@ -232,11 +213,11 @@ def grade_tile_grads(candidate):
         p = _problem(g, 1, 1, 9, 12, 4, scale=0.3, logit_scale=6.0)
         check_tile(p, 0, 9, 3, 9, False)
     with case(f"rows that see no key: L = -inf, mask all False (seed {seed})"):
-        Q_i, K_j, V_j, dO_i = _randn(g, 1, 1, 4, 3), _randn(g, 1, 1, 5, 3), _randn(g, 1, 1, 5, 3), _randn(g, 1, 1, 4, 3)
+        Q_i, K_j, V_j, dO_i = randn(g, 1, 1, 4, 3), randn(g, 1, 1, 5, 3), randn(g, 1, 1, 5, 3), randn(g, 1, 1, 4, 3)
         L_i = torch.full((1, 1, 4), float("-inf"), dtype=F64)
         D_i = torch.zeros(1, 1, 4, dtype=F64)
         mask = torch.zeros(4, 5, dtype=torch.bool)
-        got = _tensors("tile_grads", candidate(Q_i, K_j, V_j, dO_i, L_i, D_i, 0.5, mask), 5)
+        got = unpack("tile_grads", candidate(Q_i, K_j, V_j, dO_i, L_i, D_i, 0.5, mask), 5)
         zero = lambda *s: torch.zeros(*s, dtype=F64)
         want = (zero(1, 1, 5, 3), dO_i @ V_j.transpose(-2, -1), zero(1, 1, 4, 5), zero(1, 1, 4, 3), zero(1, 1, 5, 3))
         for name, gt, w in zip(("dV_j", "dP_ij", "dS_ij", "dQ_i", "dK_j"), got, want):
@@ -379,14 +360,14 @@ def _grade_backward(candidate, *, focus: str):
     g, seed = fresh_generator()
 
     def run(p, B_r, B_c, name):
-        got = _tensors(name, candidate(p["Q"], p["K"], p["V"], p["O"], p["L"], p["dO"], is_causal=p["is_causal"],
+        got = unpack(name, candidate(p["Q"], p["K"], p["V"], p["O"], p["L"], p["dO"], is_causal=p["is_causal"],
                                        scale=p["scale"], B_r=B_r, B_c=B_c), 3)
         for gname, gt, w in zip(("dQ", "dK", "dV"), got, p["want"]):
             assert_close(gname, gt, w, tolerance(w, None, F64), expect_dtype=F64)
         return got
 
     for label, causal in (("not causal", False), ("causal", True)):
-        Nq, Nk = _randint(g, 33, 47), _randint(g, 33, 47)
+        Nq, Nk = randint(g, 33, 47), randint(g, 33, 47)
         with case(f"{label}, N_q={Nq}, N_k={Nk} (not multiples of B_r=16, B_c=8), d=8 (seed {seed})"):
             run(_problem(g, 1, 2, Nq, Nk, 8, is_causal=causal), 16, 8, "backward")
     with case(f"causal with N_q=20 > N_k=13 and N_q=9 < N_k=30, B_r=8, B_c=16 (seed {seed})"):
@@ -412,13 +393,13 @@ def _grade_backward(candidate, *, focus: str):
                 f"an intermediate of shape {watch.shape} ({watch.numel} elements, from {watch.op}) was made: "
                 "the tiled backward must keep to B_r × B_c tiles (largest allowed: under N²/4 elements)"
             )
-        for gname, gt, w in zip(("dQ", "dK", "dV"), _tensors("backward", got, 3), p["want"]):
+        for gname, gt, w in zip(("dQ", "dK", "dV"), unpack("backward", got, 3), p["want"]):
             assert_close(gname, gt, w, tolerance(w, None, F64))
     with case(f"no keys at all (N_k = 0): L = -inf, zero gradients, no NaN (seed {seed})"):
-        Q, dO = _randn(g, 1, 1, 6, 4), _randn(g, 1, 1, 6, 4)
+        Q, dO = randn(g, 1, 1, 6, 4), randn(g, 1, 1, 6, 4)
         K, V = torch.zeros(1, 1, 0, 4, dtype=F64), torch.zeros(1, 1, 0, 4, dtype=F64)
         O, L = torch.zeros_like(Q), torch.full((1, 1, 6), float("-inf"), dtype=F64)
-        got = _tensors("backward", candidate(Q, K, V, O, L, dO, is_causal=False, scale=None, B_r=4, B_c=4), 3)
+        got = unpack("backward", candidate(Q, K, V, O, L, dO, is_causal=False, scale=None, B_r=4, B_c=4), 3)
         assert_close("dQ", got[0], torch.zeros_like(Q), 0.0)
         assert_close("dK", got[1], K, 0.0)
         assert_close("dV", got[2], V, 0.0)
@@ -629,7 +610,7 @@ def _jit_source(fn) -> str:
 def _poisoned(g, n, d, pad_rows, pad_cols, dev):
     """An (n, d) float32 view into a buffer whose extra rows and columns hold NaN."""
     buf = torch.full((n + pad_rows, d + pad_cols), float("nan"), dtype=torch.float32)
-    buf[:n, :d] = _randn(g, n, d, dtype=torch.float32)
+    buf[:n, :d] = randn(g, n, d, dtype=torch.float32)
     return buf.to(dev)[:n, :d]
 
 

@@ -21,15 +21,10 @@ import torch
 
 from .. import flex_patterns as fp
 from ..mini_flex import block_mask_from_dense
-from .core import CaseFailure, assert_close, case, fresh_generator
+from .core import CaseFailure, assert_close, case, fresh_generator, randint
 from .registry import exercise
 
 F64 = torch.float64
-
-
-def _randint(g, lo, hi):
-    """An int in [lo, hi]."""
-    return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
 def _flex():
@@ -62,7 +57,7 @@ def _assert_same_mask(name, got, want):
 
 def _sizes(g):
     """(Nq, Nk) pairs: tiny, odd, a multiple of a block, and Nq != Nk."""
-    return [(1, 1), (_randint(g, 17, 47), None), (64, 64), (_randint(g, 60, 100), None), (_randint(g, 10, 30), _randint(g, 50, 90))]
+    return [(1, 1), (randint(g, 17, 47), None), (64, 64), (randint(g, 60, 100), None), (randint(g, 10, 30), randint(g, 50, 90))]
 
 
 # ============================================================================================
@@ -104,7 +99,7 @@ def grade_sliding_window(make_sliding_window):
     g, seed = fresh_generator()
     for Nq, Nk in _sizes(g):
         Nk = Nk or Nq
-        window = _randint(g, 0, 1) if max(Nq, Nk) < 4 else _randint(g, 1, max(1, min(Nq, Nk) // 3))
+        window = randint(g, 0, 1) if max(Nq, Nk) < 4 else randint(g, 1, max(1, min(Nq, Nk) // 3))
         with case(f"Nq={Nq}, Nk={Nk}, window={window} (seed {seed})"):
             got = _evaluate_mask_mod(make_sliding_window(window), 1, 1, Nq, Nk)
             _assert_same_mask("mask", got, fp.sliding_window(window).dense_mask(1, 1, Nq, Nk))
@@ -155,10 +150,10 @@ def _mutant_document_sees_earlier_documents(lengths):
 )
 def grade_document_mask(make_document_mask):
     g, seed = fresh_generator()
-    for n_docs, max_len in ((1, 9), (3, 12), (_randint(g, 4, 7), 20), (_randint(g, 2, 4), 40)):
-        lengths = [_randint(g, 1, max_len) for _ in range(n_docs)]
+    for n_docs, max_len in ((1, 9), (3, 12), (randint(g, 4, 7), 20), (randint(g, 2, 4), 40)):
+        lengths = [randint(g, 1, max_len) for _ in range(n_docs)]
         if n_docs >= 3:
-            lengths[_randint(g, 0, n_docs - 1)] = 1  # a one-token document
+            lengths[randint(g, 0, n_docs - 1)] = 1  # a one-token document
         N = sum(lengths)
         with case(f"document lengths {lengths} (N={N}, seed {seed})"):
             got = _evaluate_mask_mod(make_document_mask(list(lengths)), 1, 1, N, N)
@@ -205,7 +200,7 @@ def grade_prefix_lm(make_prefix_lm):
     g, seed = fresh_generator()
     for Nq, Nk in _sizes(g)[1:]:
         Nk = Nk or Nq
-        P = _randint(g, 1, min(Nq, Nk) - 1)
+        P = randint(g, 1, min(Nq, Nk) - 1)
         with case(f"Nq={Nq}, Nk={Nk}, prefix_len={P} (seed {seed})"):
             got = _evaluate_mask_mod(make_prefix_lm(P), 1, 1, Nq, Nk)
             _assert_same_mask("mask", got, fp.prefix_lm(P).dense_mask(1, 1, Nq, Nk))
@@ -280,7 +275,7 @@ def _mutant_alibi_one_slope(num_heads):
 )
 def grade_alibi(make_alibi):
     g, seed = fresh_generator()
-    for H, Nq, Nk in ((2, 5, 5), (8, _randint(g, 20, 40), _randint(g, 20, 40)), (_randint(g, 3, 6), 33, 17)):
+    for H, Nq, Nk in ((2, 5, 5), (8, randint(g, 20, 40), randint(g, 20, 40)), (randint(g, 3, 6), 33, 17)):
         with case(f"H={H}, Nq={Nq}, Nk={Nk}: every score (seed {seed})"):
             S = 4 * torch.randn(2, H, Nq, Nk, generator=g, dtype=F64)
             got = _evaluate_score_mod(make_alibi(H), S)
@@ -415,13 +410,13 @@ def _torch_counts(mask, BLOCK_SIZE):
 )
 def grade_block_counts(block_counts):
     g, seed = fresh_generator()
-    N1, N2 = _randint(g, 40, 90), _randint(g, 20, 60)
+    N1, N2 = randint(g, 40, 90), randint(g, 20, 60)
     masks = [
         ("causal", fp.causal(), 64, 64, (16, 16)),
         ("causal", fp.causal(), N1, N1, (16, 16)),
-        ("sliding window", fp.sliding_window(_randint(g, 3, 12)), N1, N1, (16, 16)),
-        ("documents", fp.document(fp.document_ids_from_lengths([_randint(g, 5, 30) for _ in range(4)])), None, None, (16, 16)),
-        ("prefix-LM", fp.prefix_lm(_randint(g, 10, 30)), N1, N2, (32, 16)),
+        ("sliding window", fp.sliding_window(randint(g, 3, 12)), N1, N1, (16, 16)),
+        ("documents", fp.document(fp.document_ids_from_lengths([randint(g, 5, 30) for _ in range(4)])), None, None, (16, 16)),
+        ("prefix-LM", fp.prefix_lm(randint(g, 10, 30)), N1, N2, (32, 16)),
         ("global + local", fp.global_local(4, 3), 8, 8, (16, 16)),
     ]
     for label, p, Nq, Nk, block in masks:
