@@ -85,6 +85,11 @@ def require_cuda(what: str = "this kernel") -> None:
         raise RuntimeError(f"{what} needs a CUDA GPU; none is present ({describe()})")
 
 
+def skip_reason_no_triton(what: str = "this cell") -> str:
+    """The visible message a notebook cell prints when it skips for lack of triton."""
+    return f"SKIPPED: {what} needs triton, which has no wheel for this platform; read the kernel's source instead."
+
+
 def skip_reason_no_cuda(what: str = "this cell") -> str:
     """The visible message a notebook cell prints when it skips for lack of a GPU."""
     return f"SKIPPED: {what} needs a CUDA GPU and none is present. The recorded H100 result is shown instead."

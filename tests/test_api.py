@@ -27,6 +27,10 @@ from kernels.grading.core import assert_close, fresh_generator, tolerance
 from kernels.reference import attention as reference_attention
 from kernels.triton_sdpa import dropout_keep_mask
 
+# Where triton has no wheel (macOS), only the PyTorch backends can run.
+WITH_TRITON = ("reference", "triton") if kernels.device.HAS_TRITON else ("reference",)
+no_triton = pytest.mark.skipif(not kernels.device.HAS_TRITON, reason="triton is not installed on this platform")
+
 CUDA = torch.cuda.is_available()
 #: Where the small Triton tests run: the GPU when there is one, else the interpreter on the CPU.
 DEV = "cuda" if CUDA else "cpu"
@@ -202,7 +206,7 @@ def test_default_backend_is_reference_on_cpu():
 
 def test_fully_masked_rows_give_zeros_forward_and_backward():
     case = next(c for c in CASES if c.mask == "empty-rows")
-    for backend in ("reference", "triton"):
+    for backend in WITH_TRITON:
         O, dQ, dK, dV = check_case(case, backend, torch.float32, device=DEV)
         assert torch.all(O[:, :, 0] == 0) and torch.all(O[0, :, 7] == 0), backend
         assert torch.all(dQ[:, :, 0] == 0) and torch.all(dQ[0, :, 7] == 0), backend
@@ -214,7 +218,7 @@ def test_additive_all_minus_inf_row_gives_zeros():
     q, k, v = (torch.randn(1, 2, 9, 16, device=DEV) for _ in range(3))
     bias = torch.zeros(9, 9, device=DEV)
     bias[4] = float("-inf")
-    for backend in ("reference", "triton"):
+    for backend in WITH_TRITON:
         qq = q.clone().requires_grad_(True)
         O = scaled_dot_product_attention(qq, k, v, bias, backend=backend)
         O.sum().backward()
@@ -222,7 +226,7 @@ def test_additive_all_minus_inf_row_gives_zeros():
         assert torch.isfinite(O).all() and torch.isfinite(qq.grad).all(), backend
 
 
-@pytest.mark.parametrize("backend", ["reference", "tiled", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "tiled", pytest.param("triton", marks=no_triton)])
 def test_strided_and_3d_inputs(backend):
     """A (B, N, H, d) tensor transposed to (B, H, N, d) is used as it is; 3-D (H, N, d) works."""
     g, seed = fresh_generator()
@@ -251,7 +255,7 @@ def test_triton_answer_independent_of_block_size(B_r, B_c, needs_triton):
 def test_dropout_same_seed_same_result_and_backends_agree():
     q, k, v = (torch.randn(1, 2, 20, 16, device=DEV) for _ in range(3))
     outs = {}
-    for backend in ("reference", "triton"):
+    for backend in WITH_TRITON:
         torch.manual_seed(1234)
         a = scaled_dot_product_attention(q, k, v, dropout_p=0.3, backend=backend)
         torch.manual_seed(1234)
@@ -260,7 +264,8 @@ def test_dropout_same_seed_same_result_and_backends_agree():
         assert torch.equal(a, b), backend
         assert not torch.equal(a, c), backend
         outs[backend] = a
-    torch.testing.assert_close(outs["triton"], outs["reference"], rtol=1e-5, atol=1e-5)
+    if "triton" in outs:  # the reference draws the keep-mask with the kernel's Philox, in NumPy
+        torch.testing.assert_close(outs["triton"], outs["reference"], rtol=1e-5, atol=1e-5)
 
 
 def test_dropout_seed_comes_from_torch_generator():
@@ -410,7 +415,11 @@ def test_bad_input_table_is_large():
     assert len(BAD_INPUTS) >= 20
 
 
-@pytest.mark.parametrize("name,call,exc,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "name,call,exc,message",
+    [pytest.param(*b, marks=no_triton) if b[0].startswith("triton") else b for b in BAD_INPUTS],
+    ids=[b[0] for b in BAD_INPUTS],
+)
 def test_bad_input(name, call, exc, message):
     with pytest.raises(exc, match=message):
         call()

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from kernels import device
 from kernels.grading import notebooks, registry
 from kernels.grading.cli import expected_exercises
 
@@ -75,7 +76,10 @@ def test_check_cells_name_registered_exercises(path):
     nb = json.loads(path.read_text())
     ids = expected_exercises(nb)
     known = registry.load_all()
-    assert all(i in known for i in ids), f"unknown exercise ids {set(ids) - set(known)}"
+    unknown = set(ids) - set(known)
+    if not device.HAS_TRITON:  # Triton exercises register only where triton is installed
+        unknown = {i for i in unknown if "triton" not in i}
+    assert not unknown, f"unknown exercise ids {unknown}"
     if notebooks.count_exercises(nb):
         assert ids, f"{path.name} has exercises but no check cell"
 
