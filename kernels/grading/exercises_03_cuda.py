@@ -188,15 +188,21 @@ def step_solution() -> str:
     return function_source("online_softmax_step.cuh", "online_softmax_step")
 
 
-def _step_mutant(name: str, old: str, new: str):
+def source_mutant(solution, header: str, function: str, name: str, old: str, new: str):
+    """A mutant whose source is the solution's with `old` replaced by `new`."""
+
     def mutant() -> str:
-        src = step_solution()
+        src = solution()
         if old not in src:  # keep mutants in step with the solution: a stale one must not pass silently
-            raise RuntimeError(f"mutant {name}: {old!r} no longer occurs in online_softmax_step.cuh")
+            raise RuntimeError(f"mutant {name}: {old!r} no longer occurs in {header}")
         return src.replace(old, new)
 
-    mutant.__name__ = f"online_softmax_step[{name}]"
+    mutant.__name__ = f"{function}[{name}]"
     return mutant
+
+
+def _step_mutant(name: str, old: str, new: str):
+    return source_mutant(step_solution, "online_softmax_step.cuh", "online_softmax_step", name, old, new)
 
 
 STEP_MUTANTS = {

@@ -18,7 +18,7 @@ import torch
 
 from .. import device
 from .core import CaseFailure, case, fresh_generator
-from .exercises_03_cuda import candidate_source, compile_harness, fmt, function_source, run_harness
+from .exercises_03_cuda import candidate_source, compile_harness, fmt, function_source, run_harness, source_mutant
 from .registry import exercise
 
 BWD_SIGNATURE = (
@@ -93,14 +93,7 @@ def backward_step_solution() -> str:
 
 
 def _mutant(name: str, old: str, new: str):
-    def mutant() -> str:
-        src = backward_step_solution()
-        if old not in src:
-            raise RuntimeError(f"mutant {name}: {old!r} no longer occurs in backward_step.cuh")
-        return src.replace(old, new)
-
-    mutant.__name__ = f"backward_step[{name}]"
-    return mutant
+    return source_mutant(backward_step_solution, "backward_step.cuh", "backward_step", name, old, new)
 
 
 BWD_MUTANTS = {
