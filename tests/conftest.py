@@ -1,13 +1,9 @@
 """Test tiers: CPU tests by default; tests marked `gpu` skip on CPU with a reason and run on
 the lent H100 (see README, "Running on a GPU")."""
 
-import os
-
-os.environ.setdefault("KERNELS_QUIET", "1")
-
-import kernels  # noqa: E402  (sets TRITON_INTERPRET before triton is imported)
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import kernels  # sets TRITON_INTERPRET before triton is imported
+import pytest
+import torch
 
 
 def pytest_collection_modifyitems(config, items):
