@@ -16,11 +16,15 @@ What it measures, for B=1, H=16, d=128, fp16 and N = 1k .. 64k:
 * fp16 and bf16 matmul TFLOP/s (8192³).
 
 Each memory figure is stored with the model's prediction (kernels.memory_model.
-predicted_peak_bytes) and their ratio; the check is |measured/predicted - 1| <= 10% for the
-implementations the model describes (naive, Triton forward, SDPA flash). The SDPA
-memory-efficient and cuDNN backends are compared with the algorithm's minimal state (O, L and
-the gradients) for reference only. A time budget (default 150 s) keeps the run under 3 minutes:
-sweeps that do not fit are marked "skipped (time budget)".
+predicted_peak_bytes, with device="cuda" on the GPU and "cpu" for --cpu-smoke) and their ratio;
+the check is |measured/predicted - 1| <= 10% for the implementations the model describes
+(naive, Triton forward, SDPA flash). On "cuda" the naive forward+backward counts one more N×N
+buffer than on a CPU: torch's CUDA softmax backward materialises dP∘P before its row sums (found
+with tools/naive_peak_diag.py); each record names the device its prediction is for
+("model_device"; a results file without it predates the argument and holds the CPU prediction).
+The SDPA memory-efficient and cuDNN backends are compared with the algorithm's minimal state
+(O, L and the gradients) for reference only. A time budget (default 150 s) keeps the run under
+3 minutes: sweeps that do not fit are marked "skipped (time budget)".
 """
 
 from __future__ import annotations
@@ -188,11 +192,14 @@ def sweep(impls, Ns, B, H, d, dtype, device, deadline: float) -> tuple[list[dict
                 rec = {"impl": impl["name"], "pass": pass_, "B": B, "H": H, "N": N, "d": d, "dtype": dt_name}
                 model = impl["model"] or "minimal"
                 try:
-                    predicted = mm.predicted_peak_bytes(model, B, H, N, d, dtype, backward=backward)
+                    # the model for the device measured on: on "cuda" the naive backward
+                    # includes the N×N temporary of torch's CUDA softmax backward
+                    predicted = mm.predicted_peak_bytes(model, B, H, N, d, dtype, backward=backward,
+                                                        device=device.type)
                 except ValueError:
                     predicted = None
-                rec.update({"model": model, "model_is_reference_only": impl["model"] is None,
-                            "predicted_bytes": predicted})
+                rec.update({"model": model, "model_device": device.type,
+                            "model_is_reference_only": impl["model"] is None, "predicted_bytes": predicted})
                 if stop is not None:
                     rec.update({"status": "skipped", "note": stop})
                     records.append(rec)

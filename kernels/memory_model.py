@@ -36,7 +36,7 @@ __all__ = [
     "standard_attention_hbm_bytes", "flash_attention_hbm_bytes", "compulsory_hbm_bytes",
     "block_sizes", "tile_working_set_bytes", "largest_tiles",
     "naive_peak_bytes", "flash_peak_bytes", "peak_memory_bytes", "memory_savings_ratio", "predicted_peak_bytes",
-    "IMPLEMENTATIONS", "arithmetic_intensity", "matmul_intensity", "softmax_intensity", "Step",
+    "IMPLEMENTATIONS", "DEVICES", "arithmetic_intensity", "matmul_intensity", "softmax_intensity", "Step",
     "attention_steps", "ridge_point", "attainable_flops", "roofline_time", "bound",
     "standard_attention", "measure_peak_bytes",
 ]
@@ -278,8 +278,29 @@ def _sdpa_cpu_splits(N: int) -> tuple[int, int]:
     return min(q_split, N), min(512, N)
 
 
+#: The devices predicted_peak_bytes tells apart, and the implementations that run on one only.
+DEVICES = ("cpu", "cuda")
+_IMPL_DEVICE = {"sdpa_cpu": "cpu", "sdpa_flash": "cuda"}
+
+
+def _device_type(device) -> str:
+    """"cpu" or "cuda" from a torch.device or a name ("cpu", "cuda", "cuda:0"), by its type."""
+    kind = None
+    if isinstance(device, torch.device):
+        kind = device.type
+    elif isinstance(device, str):
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, ValueError):
+            kind = None
+    if kind not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)} (a name such as 'cuda:0' or a torch.device "
+                         f"of those types), got {device!r}")
+    return kind
+
+
 def predicted_peak_bytes(impl: str, B: int, H: int, N: int, d: int, dtype, *, backward: bool = False,
-                         threads: int | None = None, B_r: int = 64, B_c: int = 64) -> int:
+                         threads: int | None = None, B_r: int = 64, B_c: int = 64, device: str = "cpu") -> int:
     """Predicted peak memory beyond the inputs (Q, K, V, and dO when backward) of one
     implementation, forward (backward=False) or forward then backward (backward=True).
 
@@ -294,6 +315,11 @@ def predicted_peak_bytes(impl: str, B: int, H: int, N: int, d: int, dtype, *, ba
       "tiled"       the course's PyTorch tiled forward (kernels.tiled.forward_fa2)
       "minimal"     the algorithm alone: O, L (+ dQ, dK, dV, D backward)
     threads: CPU threads (torch.get_num_threads() when None), for "sdpa_cpu".
+    device: where the code runs, "cpu" or "cuda" (a torch.device or "cuda:0" counts by its
+      type). Only "naive" with backward=True differs between the two: torch's CUDA softmax
+      backward allocates one more N×N temporary than its CPU kernel (see that branch). The
+      other predictions are the same on both; "sdpa_cpu" runs only on "cpu" and "sdpa_flash"
+      only on "cuda", and naming the other device is a ValueError.
     """
     B, H, N, d = _shape(B, H, N, d)
     dt = as_dtype(dtype)
@@ -303,17 +329,31 @@ def predicted_peak_bytes(impl: str, B: int, H: int, N: int, d: int, dtype, *, ba
     acc = 8 if dt == torch.float64 else 4  # accumulation dtype of the kernels
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {sorted(IMPLEMENTATIONS)}, got {impl!r}")
+    device = _device_type(device)
+    if _IMPL_DEVICE.get(impl, device) != device:
+        raise ValueError(f"impl={impl!r} runs only on device={_IMPL_DEVICE[impl]!r}, got device={device!r}")
 
     if impl == "naive":
         # Qs = Q·scale, S = Qs Kᵀ, P = softmax(S), del S, O = P V (see standard_attention).
         if not backward:
-            # Qs+S during the matmul, S+P during the softmax, P+O during the last matmul.
+            # Qs+S during the matmul, S+P during the softmax, P+O during the last matmul; the
+            # same on a CPU and on a GPU (measured on both).
             return BH * e * max(Nd + NN, 2 * NN, NN + Nd)
         # Autograd saves Qs (for dK) and P (for softmax and PV backward); S is freed.
         fwd = Nd + 2 * NN  # Qs, S, P during the softmax
-        # PV backward makes dP (N²) and dV (Nd) while Qs, P and O are alive; the softmax
-        # backward then makes dS (N²) while dP and P are still alive: Qs, P, O, dP, dV, dS.
+        # PV backward makes dP = dO Vᵀ (N²) and dV = PᵀdO (Nd) while Qs, P and O are alive; the
+        # softmax backward then makes dS = P∘(dP − rowsum(dP∘P)) (N²) while dP and P are still
+        # alive: Qs, P, O, dP, dV, dS. torch's CPU kernel takes each row's sum of dP∘P and
+        # writes dS row by row, with no N×N temporary.
         soft_bwd = 3 * NN + 3 * Nd
+        if device == "cuda":
+            # torch's CUDA softmax backward (softmax_backward_cuda_out in SoftMax.cu) first
+            # materialises dP∘P as a whole N×N tensor (at::mul), then its kernel takes the row
+            # sums rowsum(dP∘P) from it and writes dS = dP∘P − P∘rowsum(dP∘P); the temporary
+            # is freed when the op returns. So at the peak four N×N tensors are alive: P, dP,
+            # dS and dP∘P. Found by replaying the CUDA caching allocator's trace
+            # (tools/naive_peak_diag.py; benchmarks/results/naive_peak_diag_h100.txt).
+            soft_bwd += NN
         # QsKᵀ backward: dS, dQs, dKᵀ, with Qs, O, dV alive; dK is then copied contiguous.
         mm_bwd = NN + 5 * Nd
         return BH * e * max(fwd, soft_bwd, mm_bwd)

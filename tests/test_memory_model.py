@@ -220,6 +220,57 @@ def test_naive_and_flash_peaks_are_the_algorithms_state():
     assert ratio == pytest.approx(2 * 4096 * 4096 * 4 / (4096 * 64 * 4 + 4096 * 4))
 
 
+@pytest.mark.parametrize("B,H,N,d,dtype", [(1, 16, 1024, 128, torch.float16), (2, 3, 256, 64, torch.float32),
+                                          (1, 2, 200, 32, torch.bfloat16), (3, 1, 128, 128, torch.float64)])
+def test_cuda_naive_backward_adds_the_softmax_backward_temporary(B, H, N, d, dtype):
+    """On "cuda" the naive forward+backward holds one more N×N tensor than on a CPU, dP∘P, which
+    torch's CUDA softmax backward materialises before its row sums: exactly one B·H·N²·e more
+    whenever N >= d (then the softmax backward is the peak on both devices)."""
+    e = mm.element_size(dtype)
+    cpu = mm.predicted_peak_bytes("naive", B, H, N, d, dtype, backward=True)
+    assert mm.predicted_peak_bytes("naive", B, H, N, d, dtype, backward=True, device="cpu") == cpu
+    assert mm.predicted_peak_bytes("naive", B, H, N, d, dtype, backward=True, device=torch.device("cpu")) == cpu
+    for device in ("cuda", "cuda:0", torch.device("cuda", 1)):
+        cuda = mm.predicted_peak_bytes("naive", B, H, N, d, dtype, backward=True, device=device)
+        assert cuda - cpu == B * H * N * N * e, device
+
+
+def test_cuda_naive_backward_is_the_traced_h100_peak():
+    """tools/naive_peak_diag.py on the H100 (B=1, H=16, N=1024, d=128, fp16): 140.0 MiB above
+    the inputs, P, dP, dS and the temporary (32 MiB each) and Qs, O, dV (4 MiB each)."""
+    MiB = 2**20
+    assert mm.predicted_peak_bytes("naive", 1, 16, 1024, 128, "fp16", backward=True, device="cuda") == 140 * MiB
+    assert mm.predicted_peak_bytes("naive", 1, 16, 1024, 128, "fp16", backward=True) == 108 * MiB
+
+
+def test_recorded_h100_naive_backward_within_tolerance_of_the_cuda_model():
+    """The recorded H100 run's measured naive forward+backward peaks, against the model for the
+    device they were measured on."""
+    import json
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "memory_h100.json"
+    if not path.exists():
+        pytest.skip(f"{path.name} not recorded")
+    recs = [r for r in json.loads(path.read_text())["memory"]
+            if r["impl"] == "naive" and r["pass"] == "forward+backward" and r["status"] == "ok"]
+    assert recs
+    for r in recs:
+        model = mm.predicted_peak_bytes("naive", r["B"], r["H"], r["N"], r["d"], r["dtype"], backward=True, device="cuda")
+        assert abs(r["peak_bytes"] / model - 1) <= 0.10, (r["N"], r["peak_bytes"], model)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_predictions_other_than_the_naive_backward_do_not_depend_on_the_device(dtype):
+    B, H, d = 2, 3, 64
+    for N in (50, 256, 1000):
+        for impl in ("naive", "minimal", "triton", "tiled"):
+            cpu = mm.predicted_peak_bytes(impl, B, H, N, d, dtype)
+            assert mm.predicted_peak_bytes(impl, B, H, N, d, dtype, device="cuda") == cpu, (impl, N)
+        cpu = mm.predicted_peak_bytes("minimal", B, H, N, d, dtype, backward=True)
+        assert mm.predicted_peak_bytes("minimal", B, H, N, d, dtype, backward=True, device="cuda") == cpu
+
+
 def test_measure_peak_bytes_counts_a_known_allocation():
     def fn():
         a = torch.empty(1000, dtype=torch.float32)  # 4000 bytes
@@ -263,6 +314,13 @@ def test_roofline_helpers():
     (lambda: mm.element_size(torch.int32), TypeError, "dtype"),
     (lambda: mm.predicted_peak_bytes("nope", 1, 1, 8, 8, "fp32"), ValueError, "impl"),
     (lambda: mm.predicted_peak_bytes("tiled", 1, 1, 8, 8, "fp32", backward=True), ValueError, "tiled"),
+    (lambda: mm.predicted_peak_bytes("naive", 1, 1, 8, 8, "fp32", device="mps"), ValueError, "device"),
+    (lambda: mm.predicted_peak_bytes("naive", 1, 1, 8, 8, "fp32", device="gpu"), ValueError, "device"),
+    (lambda: mm.predicted_peak_bytes("naive", 1, 1, 8, 8, "fp32", device=None), ValueError, "device"),
+    (lambda: mm.predicted_peak_bytes("naive", 1, 1, 8, 8, "fp32", device=0), ValueError, "device"),
+    (lambda: mm.predicted_peak_bytes("naive", 1, 1, 8, 8, "fp32", device=torch.device("meta")), ValueError, "device"),
+    (lambda: mm.predicted_peak_bytes("sdpa_cpu", 1, 1, 8, 8, "fp32", device="cuda"), ValueError, "device"),
+    (lambda: mm.predicted_peak_bytes("sdpa_flash", 1, 1, 8, 8, "fp16"), ValueError, "device"),
     (lambda: mm.flash_attention_hbm_bytes(1, 1, 8, 8, "fp16"), ValueError, "sram_bytes"),
     (lambda: mm.flash_attention_hbm_bytes(1, 1, 8, 8, "fp16", B_r=4, B_c=4, order="fa3"), ValueError, "order"),
     (lambda: mm.attention_flops(1, 1, 8, 8, pass_="sideways"), ValueError, "pass_"),
