@@ -256,8 +256,14 @@ if _device.HAS_TRITON:
         MASK_MOD: tl.constexpr, SCORE_MOD: tl.constexpr, IS_FULL: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
         SPARSE_KV: tl.constexpr, RAGGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        PLAIN: tl.constexpr,
     ):
-        """The forward's inner loop over the key blocks listed in kv_list (n_listed of them)."""
+        """The forward's inner loop over the key blocks listed in kv_list (n_listed of them).
+
+        PLAIN: there is no score_mod (a mask-only pattern). The scores are then never needed in
+        natural units, so scale and log2(e) fold into one multiplier, applied inside the row max
+        and then as one fused multiply-add per score (as kernels.triton_forward does); on a full
+        block the running max is finite, so the guard for rows that have seen nothing goes too."""
         MULT: tl.constexpr = SPARSE_KV // BLOCK_N  # tiles per sparse block
         offs_d = tl.arange(0, BLOCK_D)
         for it in range(0, n_listed * MULT):
@@ -266,21 +272,32 @@ if _device.HAS_TRITON:
             offs_n = start_n + tl.arange(0, BLOCK_N)
             k = _load_tile(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
                            offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, RAGGED)  # (BLOCK_N, BLOCK_D)
-            x = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale  # (BLOCK_M, BLOCK_N)
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N), unscaled
             kv_idx = offs_n[None, :]
             if RAGGED:
                 kv_idx = tl.minimum(kv_idx, Nk - 1)  # mods only ever see in-range positions
-            s = SCORE_MOD(x, b, h, q_idx, kv_idx, S0, SF, SBUF)  # [flex 1]
-            if not IS_FULL:
-                s = tl.where(MASK_MOD(b, h, q_idx, kv_idx, M0, M1, MBUF), s, float("-inf"))  # [flex 2]
-            if RAGGED:
-                s = tl.where(offs_n[None, :] < Nk, s, float("-inf"))
-            # online softmax in base 2 (lesson 02): m is the running max, l the running sum
-            s = s * 1.4426950408889634
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing seen yet
+            if PLAIN and IS_FULL and not RAGGED:
+                # fast path: s = qk·scale·log2(e) − m, one FMA per score; m_new is finite here
+                qk_scale = scale * 1.4426950408889634
+                m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+                m_use = m_new
+                s = qk * qk_scale - m_use[:, None]
+            else:
+                if PLAIN:
+                    s = qk * (scale * 1.4426950408889634)  # base-2 scores directly
+                else:
+                    s = SCORE_MOD(qk * scale, b, h, q_idx, kv_idx, S0, SF, SBUF)  # [flex 1]
+                    s = s * 1.4426950408889634
+                if not IS_FULL:
+                    s = tl.where(MASK_MOD(b, h, q_idx, kv_idx, M0, M1, MBUF), s, float("-inf"))  # [flex 2]
+                if RAGGED:
+                    s = tl.where(offs_n[None, :] < Nk, s, float("-inf"))
+                # online softmax in base 2 (lesson 02): m is the running max, l the running sum
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing seen yet
+                s = s - m_use[:, None]
             alpha = tl.exp2(m_i - m_use)
-            p = tl.exp2(s - m_use[:, None])
+            p = tl.exp2(s)
             l_i = l_i * alpha + tl.sum(p, 1)
             v = _load_tile(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                            offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, RAGGED)
@@ -302,6 +319,7 @@ if _device.HAS_TRITON:
         MASK_MOD: tl.constexpr, SCORE_MOD: tl.constexpr,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         SPARSE_Q: tl.constexpr, SPARSE_KV: tl.constexpr, RAGGED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        PLAIN: tl.constexpr = False,
     ):
         pid_m = tl.program_id(0)
         bh = tl.program_id(1)
@@ -331,13 +349,13 @@ if _device.HAS_TRITON:
             acc, l_i, m_i, q, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
             KV_IDX + row * BM_COLS, tl.load(KV_NUM + row), b, h, q_idx, Nk, scale,
             M0, M1, MBUF, S0, SF, SBUF, MASK_MOD, SCORE_MOD, False,
-            HEAD_DIM, BLOCK_D, BLOCK_N, SPARSE_KV, RAGGED, DOT_PRECISION)
+            HEAD_DIM, BLOCK_D, BLOCK_N, SPARSE_KV, RAGGED, DOT_PRECISION, PLAIN)
         # full blocks: score_mod only, no mask_mod
         acc, l_i, m_i = _fwd_inner(
             acc, l_i, m_i, q, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
             FULL_KV_IDX + row * BM_COLS, tl.load(FULL_KV_NUM + row), b, h, q_idx, Nk, scale,
             M0, M1, MBUF, S0, SF, SBUF, MASK_MOD, SCORE_MOD, True,
-            HEAD_DIM, BLOCK_D, BLOCK_N, SPARSE_KV, RAGGED, DOT_PRECISION)
+            HEAD_DIM, BLOCK_D, BLOCK_N, SPARSE_KV, RAGGED, DOT_PRECISION, PLAIN)
 
         # O = acc / l; L = m + log l (natural log). Rows with every key masked: O = 0, L = -inf.
         empty = l_i == 0.0
@@ -627,7 +645,7 @@ def _launch_forward(q, k, v, plan: _Plan):
         H, Nq, Nk, plan.scale,
         bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices, *plan.mask_dims(False),
         *plan.mod_args,
-        MASK_MOD=plan.mask_fn, SCORE_MOD=plan.score_fn,
+        MASK_MOD=plan.mask_fn, SCORE_MOD=plan.score_fn, PLAIN=plan.score_fn is fp.tl_identity_score,
         HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N,
         SPARSE_Q=bm.BLOCK_SIZE[0], SPARSE_KV=bm.BLOCK_SIZE[1], RAGGED=plan.ragged,
         DOT_PRECISION=_dot_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
