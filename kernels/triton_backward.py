@@ -101,25 +101,30 @@ if device.HAS_TRITON:
     @triton.jit
     def _dkdv_inner(
         dk, dv, k, v,
-        Q, dO, Lg, D,
+        Q, dO, Lg, D, q_desc, do_desc,
         stride_qm, stride_dom,
         offs_n, offs_d, lo, hi, Nq, qk_scale,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-        MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
+        MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr, USE_TMA: tl.constexpr,
     ):
         """Accumulate dK_j, dV_j over the query blocks starting at lo, lo + B_r, ... < hi.
 
         Works on transposed tiles (B_c, B_r): Sᵀ = K_j Q_iᵀ. MASK: check query rows against Nq
         (padded rows get L = +inf, hence P = 0) and, when causal, hide keys above the diagonal.
+        USE_TMA: Q_i and dO_i come through TMA descriptors (zero-filled past Nq and d), not pointers.
         """
         offs_m0 = tl.arange(0, BLOCK_M)
         for start_m in range(lo, hi, BLOCK_M):
             start_m = tl.multiple_of(start_m, BLOCK_M)
             offs_m = start_m + offs_m0
-            q = _load_tile(Q + offs_m[:, None] * stride_qm + offs_d[None, :], offs_m, Nq, offs_d,
-                           HEAD_DIM, BLOCK_D, MASK)  # (B_r, d)
-            do = _load_tile(dO + offs_m[:, None] * stride_dom + offs_d[None, :], offs_m, Nq, offs_d,
-                            HEAD_DIM, BLOCK_D, MASK)  # (B_r, d)
+            if USE_TMA:
+                q = q_desc.load([start_m, 0])  # (B_r, BLOCK_D)
+                do = do_desc.load([start_m, 0])
+            else:
+                q = _load_tile(Q + offs_m[:, None] * stride_qm + offs_d[None, :], offs_m, Nq, offs_d,
+                               HEAD_DIM, BLOCK_D, MASK)  # (B_r, d)
+                do = _load_tile(dO + offs_m[:, None] * stride_dom + offs_d[None, :], offs_m, Nq, offs_d,
+                                HEAD_DIM, BLOCK_D, MASK)  # (B_r, d)
             if MASK:
                 lg = tl.load(Lg + offs_m, mask=offs_m < Nq, other=float("inf"))  # (B_r,)
                 Di = tl.load(D + offs_m, mask=offs_m < Nq, other=0.0)
@@ -138,6 +143,21 @@ if device.HAS_TRITON:
         return dk, dv
 
     @triton.jit
+    def _dq_block(dq, q, do, lg, Di, k, v, offs_m, offs_n, Nk, qk_scale,
+                  MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr):
+        """One step of the dQ loop: fold key block j (k = K_j, v = V_j, columns offs_n) into dQ_i."""
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)  # (B_r, B_c) = Q_i K_jᵀ
+        p = tl.math.exp2(s * qk_scale - lg[:, None])  # P_ij = exp(scale·s − L_i)
+        if MASK:
+            visible = offs_n[None, :] < Nk
+            if IS_CAUSAL:
+                visible = visible & (offs_n[None, :] <= offs_m[:, None])
+            p = tl.where(visible, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # dP = dO_i V_jᵀ
+        ds = p * (dp - Di[:, None])  # dS = P ∘ (dP − D)
+        return dq + tl.dot(ds.to(k.dtype), k, input_precision=PREC)  # dQ_i += dS K_j
+
+    @triton.jit
     def _dq_inner(
         dq, q, do, lg, Di,
         K, V, stride_kn, stride_vn,
@@ -151,7 +171,7 @@ if device.HAS_TRITON:
         row 0 of this (batch, head); rows are stride_kn / stride_vn apart, the head dim is
         contiguous and HEAD_DIM wide (BLOCK_D >= HEAD_DIM, padded lanes must read 0).
         MASK: keys j >= Nk (and, when IS_CAUSAL, keys j > i) must get P = 0; when MASK is False every
-        key of every block is in bounds and visible.
+        key of every block is in bounds and visible. (Lesson 04's exercise writes this loop.)
         """
         offs_n0 = tl.arange(0, BLOCK_N)
         for start_n in range(lo, hi, BLOCK_N):
@@ -161,16 +181,36 @@ if device.HAS_TRITON:
                            HEAD_DIM, BLOCK_D, MASK)  # (B_c, d)
             v = _load_tile(V + offs_n[:, None] * stride_vn + offs_d[None, :], offs_n, Nk, offs_d,
                            HEAD_DIM, BLOCK_D, MASK)  # (B_c, d)
-            s = tl.dot(q, tl.trans(k), input_precision=PREC)  # (B_r, B_c) = Q_i K_jᵀ
-            p = tl.math.exp2(s * qk_scale - lg[:, None])  # P_ij = exp(scale·s − L_i)
-            if MASK:
-                visible = offs_n[None, :] < Nk
-                if IS_CAUSAL:
-                    visible = visible & (offs_n[None, :] <= offs_m[:, None])
-                p = tl.where(visible, p, 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # dP = dO_i V_jᵀ
-            ds = p * (dp - Di[:, None])  # dS = P ∘ (dP − D)
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)  # dQ_i += dS K_j
+            dq = _dq_block(dq, q, do, lg, Di, k, v, offs_m, offs_n, Nk, qk_scale, MASK, IS_CAUSAL, PREC)
+        return dq
+
+    @triton.jit
+    def _dq_inner_tma(dq, q, do, lg, Di, k_desc, v_desc, offs_m, lo, hi, Nk, qk_scale,
+                      BLOCK_N: tl.constexpr, MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr):
+        """_dq_inner with K_j, V_j moved by TMA descriptors (zero-filled past Nk and d)."""
+        offs_n0 = tl.arange(0, BLOCK_N)
+        for start_n in range(lo, hi, BLOCK_N):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            k = k_desc.load([start_n, 0])  # (B_c, BLOCK_D)
+            v = v_desc.load([start_n, 0])
+            dq = _dq_block(dq, q, do, lg, Di, k, v, offs_m, start_n + offs_n0, Nk, qk_scale, MASK, IS_CAUSAL, PREC)
+        return dq
+
+    @triton.jit
+    def _dq_range(
+        dq, q, do, lg, Di,
+        K, V, k_desc, v_desc, stride_kn, stride_vn,
+        offs_m, offs_d, lo, hi, Nk, qk_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        MASK: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr, USE_TMA: tl.constexpr,
+    ):
+        """The dQ kernel's loop over key blocks [lo, hi): by TMA or by pointers."""
+        if USE_TMA:
+            dq = _dq_inner_tma(dq, q, do, lg, Di, k_desc, v_desc, offs_m, lo, hi, Nk, qk_scale,
+                               BLOCK_N, MASK, IS_CAUSAL, PREC)
+        else:
+            dq = _dq_inner(dq, q, do, lg, Di, K, V, stride_kn, stride_vn, offs_m, offs_d, lo, hi, Nk, qk_scale,
+                           HEAD_DIM, BLOCK_N, BLOCK_D, MASK, IS_CAUSAL, PREC)
         return dq
 
     @triton.jit(do_not_specialize=["Nq", "Nk", "N_KEY"])
@@ -182,7 +222,7 @@ if device.HAS_TRITON:
         stride_dob, stride_doh, stride_dom,
         H, Nq, Nk, qk_scale, scale, N_KEY,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr = False,
     ):
         """One program: keys [start_n, start_n + B_c) of one (batch, head). Needs B_c % B_r == 0."""
         pid_n = tl.program_id(0)
@@ -196,6 +236,13 @@ if device.HAS_TRITON:
         dO += b * stride_dob + h * stride_doh
         Lg += bh * Nq
         D += bh * Nq
+        if USE_TMA:  # this head's (Nq, d) matrices, moved by the TMA engine in (B_r, BLOCK_D) tiles
+            q_desc = tl.make_tensor_descriptor(Q, shape=[Nq, HEAD_DIM], strides=[stride_qm, 1],
+                                               block_shape=[BLOCK_M, BLOCK_D])
+            do_desc = tl.make_tensor_descriptor(dO, shape=[Nq, HEAD_DIM], strides=[stride_dom, 1],
+                                                block_shape=[BLOCK_M, BLOCK_D])
+        else:
+            q_desc, do_desc = Q, dO
         k = _load_tile(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
                        offs_n, Nk, offs_d, HEAD_DIM, BLOCK_D, True)  # (B_c, d), stays on chip
         v = _load_tile(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
@@ -206,19 +253,19 @@ if device.HAS_TRITON:
         if IS_CAUSAL:
             # rows i < start_n see none of these keys: start at the diagonal.
             diag_hi = tl.minimum(start_n + BLOCK_N, Nq)
-            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, stride_qm, stride_dom, offs_n, offs_d,
-                                 start_n, diag_hi, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, True, True, PREC)
+            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, q_desc, do_desc, stride_qm, stride_dom, offs_n, offs_d,
+                                 start_n, diag_hi, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, True, True, PREC, USE_TMA)
             below_lo = start_n + BLOCK_N  # every row of these blocks sees every key of this block
-            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, stride_qm, stride_dom, offs_n, offs_d,
-                                 below_lo, Nq_full, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, False, True, PREC)
-            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, stride_qm, stride_dom, offs_n, offs_d,
+            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, q_desc, do_desc, stride_qm, stride_dom, offs_n, offs_d,
+                                 below_lo, Nq_full, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, False, True, PREC, USE_TMA)
+            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, q_desc, do_desc, stride_qm, stride_dom, offs_n, offs_d,
                                  tl.maximum(below_lo, Nq_full), Nq, Nq, qk_scale,
-                                 HEAD_DIM, BLOCK_M, BLOCK_D, True, True, PREC)
+                                 HEAD_DIM, BLOCK_M, BLOCK_D, True, True, PREC, USE_TMA)
         else:
-            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, stride_qm, stride_dom, offs_n, offs_d,
-                                 0, Nq_full, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, False, False, PREC)
-            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, stride_qm, stride_dom, offs_n, offs_d,
-                                 Nq_full, Nq, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, True, False, PREC)
+            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, q_desc, do_desc, stride_qm, stride_dom, offs_n, offs_d,
+                                 0, Nq_full, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, False, False, PREC, USE_TMA)
+            dk, dv = _dkdv_inner(dk, dv, k, v, Q, dO, Lg, D, q_desc, do_desc, stride_qm, stride_dom, offs_n, offs_d,
+                                 Nq_full, Nq, Nq, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_D, True, False, PREC, USE_TMA)
         dk = dk * scale
         out = bh * Nk * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]  # dK, dV contiguous
         ok = (offs_n[:, None] < Nk) & (offs_d[None, :] < HEAD_DIM)
@@ -234,7 +281,7 @@ if device.HAS_TRITON:
         stride_dob, stride_doh, stride_dom,
         H, Nq, Nk, qk_scale, scale, N_KEY,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr = False,
     ):
         """One program: queries [start_m, start_m + B_r) of one (batch, head). Needs B_r % B_c == 0."""
         n_blocks = tl.num_programs(0)
@@ -255,20 +302,27 @@ if device.HAS_TRITON:
         Di = tl.load(D + bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)
         K += b * stride_kb + h * stride_kh
         V += b * stride_vb + h * stride_vh
+        if USE_TMA:
+            k_desc = tl.make_tensor_descriptor(K, shape=[Nk, HEAD_DIM], strides=[stride_kn, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
+            v_desc = tl.make_tensor_descriptor(V, shape=[Nk, HEAD_DIM], strides=[stride_vn, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
+        else:
+            k_desc, v_desc = K, V
         dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         Nk_full = (Nk // BLOCK_N) * BLOCK_N  # key blocks below this need no bounds check
         if IS_CAUSAL:
             below_hi = tl.minimum(start_m, Nk_full)  # keys j < start_m <= i: all visible
-            dq = _dq_inner(dq, q, do, lg, Di, K, V, stride_kn, stride_vn, offs_m, offs_d, 0, below_hi, Nk,
-                           qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, False, True, PREC)
-            dq = _dq_inner(dq, q, do, lg, Di, K, V, stride_kn, stride_vn, offs_m, offs_d, below_hi,
+            dq = _dq_range(dq, q, do, lg, Di, K, V, k_desc, v_desc, stride_kn, stride_vn, offs_m, offs_d, 0, below_hi, Nk,
+                           qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, False, True, PREC, USE_TMA)
+            dq = _dq_range(dq, q, do, lg, Di, K, V, k_desc, v_desc, stride_kn, stride_vn, offs_m, offs_d, below_hi,
                            tl.minimum(start_m + BLOCK_M, Nk), Nk, qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D,
-                           True, True, PREC)
+                           True, True, PREC, USE_TMA)
         else:
-            dq = _dq_inner(dq, q, do, lg, Di, K, V, stride_kn, stride_vn, offs_m, offs_d, 0, Nk_full, Nk,
-                           qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, False, False, PREC)
-            dq = _dq_inner(dq, q, do, lg, Di, K, V, stride_kn, stride_vn, offs_m, offs_d, Nk_full, Nk, Nk,
-                           qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, True, False, PREC)
+            dq = _dq_range(dq, q, do, lg, Di, K, V, k_desc, v_desc, stride_kn, stride_vn, offs_m, offs_d, 0, Nk_full, Nk,
+                           qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, False, False, PREC, USE_TMA)
+            dq = _dq_range(dq, q, do, lg, Di, K, V, k_desc, v_desc, stride_kn, stride_vn, offs_m, offs_d, Nk_full, Nk, Nk,
+                           qk_scale, HEAD_DIM, BLOCK_N, BLOCK_D, True, False, PREC, USE_TMA)
         dq = dq * scale
         out = bh * Nq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]  # dQ contiguous
         tl.store(dQ + out, dq.to(dQ.dtype.element_ty), mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM))
@@ -352,7 +406,7 @@ def _tuned_kernel(kind: str, block_d: int, is_causal: bool, dtype: torch.dtype):
         configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
                    for m, n, w, s in candidates(kind, block_d, is_causal, dtype)]
         kernel = _bwd_dkdv_kernel if kind == "dkdv" else _bwd_dq_kernel
-        _tuners[key] = triton.autotune(configs, key=["N_KEY", "HEAD_DIM"])(kernel)
+        _tuners[key] = triton.autotune(configs, key=["N_KEY", "HEAD_DIM", "USE_TMA"])(kernel)
     return _tuners[key]
 
 
@@ -394,7 +448,7 @@ class _Problem:
     """Everything the two main kernels need, prepared once: the gradient buffers, D and L·log2 e
     from the preprocessing kernel, the strides and the compile-time constants."""
 
-    def __init__(self, q, k, v, O, L, dO, is_causal, scale):
+    def __init__(self, q, k, v, O, L, dO, is_causal, scale, use_tma=None):
         B, H, Nq, d = q.shape
         Nk = k.shape[2]
         self.B, self.H, self.Nq, self.Nk, self.d, self.dtype = B, H, Nq, Nk, d, q.dtype
@@ -426,7 +480,17 @@ class _Problem:
             H, Nq, Nk, self.scale * LOG2E, self.scale, triton.next_power_of_2(max(Nq, Nk, 1024)),
         )
         prec = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 inputs: full-precision products
-        self.meta = dict(HEAD_DIM=d, BLOCK_D=self.BLOCK_D, IS_CAUSAL=bool(is_causal), PREC=prec)
+        # TMA (Hopper): the loop's tiles (Q_i, dO_i; K_j, V_j) by descriptor, as in the forward
+        from .triton_forward import _set_allocator, _tma_ok
+
+        if use_tma is None:
+            use_tma = _tma_ok(q, k, v, dO)
+        elif use_tma and not _tma_ok(q, k, v, dO, explicit=True):
+            raise ValueError("use_tma=True needs a Hopper GPU, fp16/bf16, unit stride along d and 16-byte aligned strides")
+        if use_tma and not device.TRITON_INTERPRET:
+            _set_allocator()
+        self.meta = dict(HEAD_DIM=d, BLOCK_D=self.BLOCK_D, IS_CAUSAL=bool(is_causal), PREC=prec,
+                         USE_TMA=bool(use_tma))
 
     def run_dkdv(self, cfg=None):
         """The dK/dV kernel; cfg (B_r, B_c, warps, stages), or None for the autotuned one."""
@@ -455,18 +519,21 @@ class _Problem:
         )
 
 
-def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config: BackwardConfig | None = None):
+def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config: BackwardConfig | None = None,
+                       use_tma: bool | None = None):
     """(dQ, dK, dV) of O = attention(q, k, v) given the forward's O and L and the gradient dO.
 
     q (B, H, Nq, d), k and v (B, H, Nk, d), O and dO (B, H, Nq, d) in float16, bfloat16 or float32;
     L (B, H, Nq) the natural-log log-sum-exp from the forward (float32 preferred). Causal is
     top-left (key j visible to query i when j <= i). Any Nq, Nk, any d (the kernels pad it to a
     power of two). `config` pins the block sizes (else: autotuned on a GPU, CPU_CONFIG on the CPU).
+    use_tma: None picks TMA loads where the GPU and the layout allow (Hopper, fp16/bf16); True
+    forces them (the interpreter runs them too), False the pointer loads.
     Returns contiguous gradients in the inputs' dtype.
     """
     device.require_triton("attention_backward")
     _check_inputs(q, k, v, O, L, dO, scale)
-    p = _Problem(q, k, v, O, L, dO, is_causal, scale)
+    p = _Problem(q, k, v, O, L, dO, is_causal, scale, use_tma)
     if p.empty:  # no query, or no key: every row is fully masked, every gradient is zero
         return p.dQ.zero_(), p.dK.zero_(), p.dV.zero_()
     if config is None and _autotuning():
