@@ -31,8 +31,36 @@ for e in events:
         best, best_set = cur, dict(alive)
 NN = B * H * N * N * 2
 print(f"peak above the inputs: {best / 2**20:.1f} MiB = {best / NN:.3f} N×N fp16 matrices")
+def where(e):
+    """The frames that say who allocated a block: Python lines, autograd nodes and ATen ops."""
+    out = []
+    for f in e.get("frames", []):
+        fn, name = f.get("filename", ""), f.get("name", "")
+        if fn.endswith(".py"):
+            out.append(f"{fn.rsplit('/', 1)[-1]}:{f['line']} {name}")
+        elif any(k in name for k in ("autograd::generated", "at::native::", "torch::autograd::", "at::_ops::")):
+            out.append(name.split("(")[0])
+    seen, uniq = set(), []
+    for x in out:
+        if x not in seen:
+            seen.add(x)
+            uniq.append(x)
+    return uniq[:10]
+
+
 for e in sorted(best_set.values(), key=lambda e: -e["size"]):
-    # Python frames name the autograd node or the line of standard_attention that allocated it
-    frames = [f"{f['filename'].rsplit('/', 1)[-1]}:{f['line']} {f['name']}" for f in e.get("frames", [])
-              if f.get("filename", "").endswith(".py")][:6]
-    print(f"{e['size'] / 2**20:8.1f} MiB  {' <- '.join(frames)[:300]}")
+    print(f"{e['size'] / 2**20:8.1f} MiB  " + " <- ".join(where(e)))
+print("\ntimeline of the N×N-sized blocks (alloc +, free -), MiB alive after each:")
+cur = 0
+alive = {}
+for e in events:
+    if e["action"] == "alloc":
+        alive[e["addr"]] = e
+        cur += e["size"]
+        if e["size"] >= NN // 2:
+            print(f"  + {e['size'] / 2**20:6.1f}  -> {cur / 2**20:7.1f}   {' <- '.join(where(e)[:4])}")
+    elif e["action"] == "free_requested" and e["addr"] in alive:
+        a = alive.pop(e["addr"])
+        cur -= a["size"]
+        if a["size"] >= NN // 2:
+            print(f"  - {a['size'] / 2**20:6.1f}  -> {cur / 2**20:7.1f}   {' <- '.join(where(e)[:4])}")
