@@ -28,6 +28,7 @@ config runs. `launch(...)` exposes the knobs (config, STEP, TMA) for tests, grad
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -339,7 +340,7 @@ def _autotuned_kernel(block_d: int, dtype: torch.dtype):
     return _autotuned[(block_d, fp32)]
 
 
-_allocator_set = False
+_allocator_state = threading.local()  # triton keeps its allocator per thread (a ContextVar)
 
 
 def _tma_ok(*tensors, explicit: bool = False) -> bool:
@@ -366,11 +367,13 @@ def _tma_ok(*tensors, explicit: bool = False) -> bool:
 
 
 def _set_allocator() -> None:
-    """In-kernel TMA descriptors live in a small global scratch buffer that triton asks for."""
-    global _allocator_set
-    if not _allocator_set:
+    """In-kernel TMA descriptors live in a small global scratch buffer that triton asks for.
+
+    Triton looks the allocator up per thread, and autograd runs backward passes on its own
+    threads, so each thread that launches a TMA kernel sets it once."""
+    if not getattr(_allocator_state, "done", False):
         triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-        _allocator_set = True
+        _allocator_state.done = True
 
 
 def _n_key(n: int) -> int:
