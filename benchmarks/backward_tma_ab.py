@@ -1,9 +1,13 @@
-"""A/B of the Triton backward: pointer loads vs TMA descriptors (autotuned, per shape), SDPA flash as the anchor."""
-import json, os, sys, time
+"""A/B of the Triton backward: pointer loads vs TMA descriptors (autotuned, per shape), SDPA flash as
+the anchor; checks that both paths give the same gradients. GPU only.
+
+    OUT=benchmarks/results python benchmarks/backward_tma_ab.py   # writes $OUT/bwd_ab.json
+"""
+import json, os, pathlib, sys, time
 import torch, triton
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-sys.path.insert(0, os.getcwd())
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from kernels import triton_backward as tb, triton_forward as tf, reference
 from kernels.grading.core import tolerance
 out = os.environ.get("OUT", ".")
