@@ -19,6 +19,8 @@ Triton kernels run under the Triton interpreter. Modules, one idea each, in less
     cuda_kernels    the numbered CUDA C++ kernels (cuda/*.cu): loader, wrappers, nvcc compile check
     tiled_backward  the tiled backward in PyTorch, as an autograd.Function
     triton_backward the Triton backward kernels of lesson 04, and flash_attention (autograd)
+    triton_resources registers, spills and shared memory of the Triton kernels compiled for the H100,
+                    without a GPU
     gpt             a small GPT whose attention is pluggable (lesson 04's capstone)
     flex_patterns   score_mod / mask_mod patterns for FlexAttention and the mini-Flex
     mini_flex       the course's Triton kernels with score_mod, mask_mod and block skipping
