@@ -34,13 +34,15 @@ import sys
 
 __all__ = ["KERNELS", "TritonResources", "resource_report", "tuned_reports"]
 
-#: The kernels that can be reported: name -> (module, function, its block sizes mean).
+#: The kernels that can be reported: name -> (module, function). Block sizes: forward B_r query rows
+#: per program and B_c keys per step; dK/dV B_r queries per step and B_c keys per program; dQ B_r
+#: queries per program and B_c keys per step.
 KERNELS = {
-    "forward": ("kernels.triton_forward", "_attention_forward_kernel", "B_r query rows per program, B_c keys per step"),
-    "dkdv": ("kernels.triton_backward", "_bwd_dkdv_kernel", "B_r queries per step, B_c keys per program"),
-    "dq": ("kernels.triton_backward", "_bwd_dq_kernel", "B_r queries per program, B_c keys per step"),
+    "forward": ("kernels.triton_forward", "_attention_forward_kernel"),
+    "dkdv": ("kernels.triton_backward", "_bwd_dkdv_kernel"),
+    "dq": ("kernels.triton_backward", "_bwd_dq_kernel"),
 }
-_DTYPES = {"fp16": "fp16", "bf16": "bf16"}
+_DTYPES = ("fp16", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +140,7 @@ def _signature(fn, kernel: str, config: dict) -> tuple[dict, dict, dict]:
     """Triton types of the kernel's arguments, its compile-time constants, and the divisibility
     hints a real launch would give (pointers and strides that are multiples of 16)."""
     d = config["d"]
-    dt = "*" + _DTYPES[config["dtype"]]
+    dt = "*" + config["dtype"]
     consts = dict(HEAD_DIM=d, BLOCK_D=d, BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
                   IS_CAUSAL=config["is_causal"], USE_TMA=config["use_tma"])
     if kernel == "forward":
@@ -163,8 +165,6 @@ def _signature(fn, kernel: str, config: dict) -> tuple[dict, dict, dict]:
             sig[name] = "i32"
             if name.startswith("stride_"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    missing = set(consts) - set(fn.arg_names)
-    consts = {k: v for k, v in consts.items() if k not in missing}
     return sig, consts, attrs
 
 
@@ -186,7 +186,7 @@ def _compile(kernel: str, config: dict, arch: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    module, name, _ = KERNELS[kernel]
+    module, name = KERNELS[kernel]
     fn = getattr(importlib.import_module(module), name)
     sig, consts, attrs = _signature(fn, kernel, config)
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()}, attrs=attrs)
