@@ -314,17 +314,18 @@ def _demangle(names: list[str]) -> list[str]:
 
 def _config_name(args: str) -> str:
     """v3::Config<128, 4, 2, 64, false, true, true, true, 32> -> 'd128 w4 m2 Bc64 sub32 pad'
-    (then the switches that are off: exp2f, eager, onebody)."""
+    (then the switches that are off: exp2f, eager, onebody; then packp if P is packed early)."""
     parts = [a.strip() for a in args.split(",")]
     d, w, m, bc = parts[:4]
-    defaults = ["false", "true", "true", "true", bc]  # kSwizzle, kFastExp, kLazyRescale, kSplitMask, kSub
+    defaults = ["false", "true", "true", "true", bc, "false"]  # kSwizzle, kFastExp, kLazyRescale, kSplitMask, kSub, kPackP
     vals = parts[4:] + defaults[len(parts) - 4:]
     swz, fast, lazy, split = (v == "true" for v in vals[:4])
-    sub = vals[4]
+    sub, packp = vals[4], vals[5] == "true"
     name = f"d{d} w{w} m{m} Bc{bc}" + (f" sub{sub}" if sub != bc else "") + f" {'swz' if swz else 'pad'}"
     name += "" if fast else " exp2f"
     name += "" if lazy else " eager"
     name += "" if split else " onebody"
+    name += " packp" if packp else ""
     return name
 
 
@@ -496,8 +497,8 @@ def launch_shape(kernel: str, d: int, config: str | None = None) -> tuple[int, i
     if kernel == "forward_v2":
         return 128, (64 + 4 * 64) * (d + 8) * 2
     if kernel == "forward_v3":
-        name = config or {64: "d64_w4_m2_bc64_pad", 128: "d128_w4_m2_bc32_pad"}[d]
-        m = re.match(r"d(\d+)_w(\d+)_m(\d+)_bc(\d+)_(pad|swz)", name)
+        name = config or {64: "d64_w4_m2_bc128_sub64_pad", 128: "d128_w4_m2_bc64_pad"}[d]
+        m = re.match(r"d(\d+)_w(\d+)_m(\d+)_bc(\d+)(?:_sub\d+)?_(pad|swz)", name)
         D, w, mt, bc, layout = int(m[1]), int(m[2]), int(m[3]), int(m[4]), m[5]
         ld = D if layout == "swz" else D + 8
         return 32 * w, (w * 16 * mt + 4 * bc) * ld * 2

@@ -213,20 +213,18 @@ if device.HAS_TRITON:
                            HEAD_DIM, BLOCK_N, BLOCK_D, MASK, IS_CAUSAL, PREC)
         return dq
 
-    @triton.jit(do_not_specialize=["Nq", "Nk", "N_KEY"])
-    def _bwd_dkdv_kernel(
+    @triton.jit
+    def _dkdv_program(
         Q, K, V, dO, Lg, D, dK, dV,
         stride_qb, stride_qh, stride_qm,
         stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn,
         stride_dob, stride_doh, stride_dom,
-        H, Nq, Nk, qk_scale, scale, N_KEY,
+        H, Nq, Nk, qk_scale, scale, pid_n, bh,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr = False,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
     ):
-        """One program: keys [start_n, start_n + B_c) of one (batch, head). Needs B_c % B_r == 0."""
-        pid_n = tl.program_id(0)
-        bh = tl.program_id(1).to(tl.int64)  # int64 offsets: B·H·N·d may pass 2³¹
+        """dK_j, dV_j for keys [pid_n·B_c, (pid_n + 1)·B_c) of (batch, head) bh (int64). Needs B_c % B_r == 0."""
         b = bh // H
         h = bh % H
         start_n = pid_n * BLOCK_N
@@ -272,23 +270,18 @@ if device.HAS_TRITON:
         tl.store(dK + out, dk.to(dK.dtype.element_ty), mask=ok)
         tl.store(dV + out, dv.to(dV.dtype.element_ty), mask=ok)
 
-    @triton.jit(do_not_specialize=["Nq", "Nk", "N_KEY"])
-    def _bwd_dq_kernel(
+    @triton.jit
+    def _dq_program(
         Q, K, V, dO, Lg, D, dQ,
         stride_qb, stride_qh, stride_qm,
         stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn,
         stride_dob, stride_doh, stride_dom,
-        H, Nq, Nk, qk_scale, scale, N_KEY,
+        H, Nq, Nk, qk_scale, scale, pid_m, bh,
         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr = False,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
     ):
-        """One program: queries [start_m, start_m + B_r) of one (batch, head). Needs B_r % B_c == 0."""
-        n_blocks = tl.num_programs(0)
-        pid_m = tl.program_id(0)
-        if IS_CAUSAL:  # the last query blocks do the most work: launch them first
-            pid_m = n_blocks - 1 - pid_m
-        bh = tl.program_id(1).to(tl.int64)  # int64 offsets: B·H·N·d may pass 2³¹
+        """dQ_i for queries [pid_m·B_r, (pid_m + 1)·B_r) of (batch, head) bh (int64). Needs B_r % B_c == 0."""
         b = bh // H
         h = bh % H
         start_m = pid_m * BLOCK_M
@@ -326,6 +319,118 @@ if device.HAS_TRITON:
         dq = dq * scale
         out = bh * Nq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]  # dQ contiguous
         tl.store(dQ + out, dq.to(dQ.dtype.element_ty), mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < HEAD_DIM))
+
+    @triton.jit(do_not_specialize=["Nq", "Nk", "N_KEY"])
+    def _bwd_dkdv_kernel(
+        Q, K, V, dO, Lg, D, dK, dV,
+        stride_qb, stride_qh, stride_qm,
+        stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn,
+        stride_dob, stride_doh, stride_dom,
+        H, Nq, Nk, qk_scale, scale, N_KEY,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr = False,
+    ):
+        """Grid (cdiv(Nk, B_c), B·H): one program per key block."""
+        _dkdv_program(Q, K, V, dO, Lg, D, dK, dV,
+                      stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                      stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                      H, Nq, Nk, qk_scale, scale, tl.program_id(0), tl.program_id(1).to(tl.int64),
+                      HEAD_DIM, BLOCK_D, IS_CAUSAL, PREC, BLOCK_M, BLOCK_N, USE_TMA)
+
+    @triton.jit(do_not_specialize=["Nq", "Nk", "N_KEY"])
+    def _bwd_dq_kernel(
+        Q, K, V, dO, Lg, D, dQ,
+        stride_qb, stride_qh, stride_qm,
+        stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn,
+        stride_dob, stride_doh, stride_dom,
+        H, Nq, Nk, qk_scale, scale, N_KEY,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr = False,
+    ):
+        """Grid (cdiv(Nq, B_r), B·H): one program per query block."""
+        pid_m = tl.program_id(0)
+        if IS_CAUSAL:  # the last query blocks do the most work: launch them first
+            pid_m = tl.num_programs(0) - 1 - pid_m
+        _dq_program(Q, K, V, dO, Lg, D, dQ,
+                    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                    stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                    H, Nq, Nk, qk_scale, scale, pid_m, tl.program_id(1).to(tl.int64),
+                    HEAD_DIM, BLOCK_D, IS_CAUSAL, PREC, BLOCK_M, BLOCK_N, USE_TMA)
+
+    @triton.jit(do_not_specialize=["Nq", "Nk", "N_KEY"])
+    def _bwd_fused_kernel(
+        Q, K, V, dO, Lg, D, dQ, dK, dV,
+        stride_qb, stride_qh, stride_qm,
+        stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn,
+        stride_dob, stride_doh, stride_dom,
+        H, Nq, Nk, qk_scale, scale, N_KEY,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
+        BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
+        USE_TMA: tl.constexpr = False,
+    ):
+        """Both kernels in one launch (FlexAttention's layout). Grid (cdiv(Nk, B_c1) + cdiv(Nq, B_r2), B·H):
+        per (batch, head), the key-block programs first, then the query-block programs. One launch
+        instead of two: no idle SMs while the dK/dV kernel's last wave drains, and each head's
+        Q, K, V, dO are read by both kinds of program while they are still in L2."""
+        pid = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        n_kv = tl.cdiv(Nk, BLOCK_N1)
+        if pid < n_kv:
+            _dkdv_program(Q, K, V, dO, Lg, D, dK, dV,
+                          stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                          stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                          H, Nq, Nk, qk_scale, scale, pid, bh,
+                          HEAD_DIM, BLOCK_D, IS_CAUSAL, PREC, BLOCK_M1, BLOCK_N1, USE_TMA)
+        else:
+            pid_m = pid - n_kv
+            if IS_CAUSAL:  # heaviest query blocks first
+                pid_m = tl.num_programs(0) - 1 - pid
+            _dq_program(Q, K, V, dO, Lg, D, dQ,
+                        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                        stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                        H, Nq, Nk, qk_scale, scale, pid_m, bh,
+                        HEAD_DIM, BLOCK_D, IS_CAUSAL, PREC, BLOCK_M2, BLOCK_N2, USE_TMA)
+
+
+    @triton.jit
+    def _bwd_static_kernel(
+        Q, K, V, dO, Lg, D, dQ, dK, dV,
+        stride_qb: tl.constexpr, stride_qh: tl.constexpr, stride_qm: tl.constexpr,
+        stride_kb: tl.constexpr, stride_kh: tl.constexpr, stride_kn: tl.constexpr,
+        stride_vb: tl.constexpr, stride_vh: tl.constexpr, stride_vn: tl.constexpr,
+        stride_dob: tl.constexpr, stride_doh: tl.constexpr, stride_dom: tl.constexpr,
+        H: tl.constexpr, Nq: tl.constexpr, Nk: tl.constexpr, qk_scale, scale,
+        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IS_CAUSAL: tl.constexpr, PREC: tl.constexpr,
+        BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
+        USE_TMA: tl.constexpr, KIND: tl.constexpr,
+    ):
+        """The same programs with every length and stride a compile-time constant (as in the code
+        torch.compile generates for FlexAttention): one compilation per shape. KIND: 0 dK/dV only,
+        1 dQ only, 2 both in one launch (grid as _bwd_fused_kernel)."""
+        pid = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        n_kv: tl.constexpr = (Nk + BLOCK_N1 - 1) // BLOCK_N1
+        n_q: tl.constexpr = (Nq + BLOCK_M2 - 1) // BLOCK_M2
+        if KIND == 1:
+            pid += n_kv
+        if pid < n_kv:
+            _dkdv_program(Q, K, V, dO, Lg, D, dK, dV,
+                          stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                          stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                          H, Nq, Nk, qk_scale, scale, pid, bh,
+                          HEAD_DIM, BLOCK_D, IS_CAUSAL, PREC, BLOCK_M1, BLOCK_N1, USE_TMA)
+        else:
+            pid_m = pid - n_kv
+            if IS_CAUSAL:
+                pid_m = n_q - 1 - pid_m
+            _dq_program(Q, K, V, dO, Lg, D, dQ,
+                        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                        stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                        H, Nq, Nk, qk_scale, scale, pid_m, bh,
+                        HEAD_DIM, BLOCK_D, IS_CAUSAL, PREC, BLOCK_M2, BLOCK_N2, USE_TMA)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -517,6 +622,37 @@ class _Problem:
         return _bwd_dq_kernel[(triton.cdiv(self.Nq, m), B * H)](
             *tensors, *self.args, **self.meta, BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=st
         )
+
+    def run_fused(self, dkdv_cfg, dq_cfg):
+        """Both kernels in one launch (_bwd_fused_kernel); the two configs must share warps and stages."""
+        (m1, n1, w1, st1), (m2, n2, w2, st2) = dkdv_cfg, dq_cfg
+        if (w1, st1) != (w2, st2):
+            raise ValueError(f"a fused launch needs the same warps and stages for both kernels, got {dkdv_cfg} and {dq_cfg}")
+        grid = (triton.cdiv(self.Nk, n1) + triton.cdiv(self.Nq, m2), self.B * self.H)
+        return _bwd_fused_kernel[grid](
+            self.q, self.k, self.v, self.dO, self.Lg, self.D, self.dQ, self.dK, self.dV, *self.args, **self.meta,
+            BLOCK_M1=m1, BLOCK_N1=n1, BLOCK_M2=m2, BLOCK_N2=n2, num_warps=w1, num_stages=st1)
+
+
+    def run_static(self, dkdv_cfg, dq_cfg, fused=False):
+        """_bwd_static_kernel: lengths and strides compiled in; two launches, or one when fused."""
+        (m1, n1, w1, st1), (m2, n2, w2, st2) = dkdv_cfg, dq_cfg
+        strides, (H, Nq, Nk, qk_scale, scale, _) = self.args[:12], self.args[12:]
+        names = ["stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn",
+                 "stride_vb", "stride_vh", "stride_vn", "stride_dob", "stride_doh", "stride_dom"]
+        const = dict(zip(names, strides), H=H, Nq=Nq, Nk=Nk, **self.meta, BLOCK_M1=m1, BLOCK_N1=n1, BLOCK_M2=m2, BLOCK_N2=n2)
+        tensors = (self.q, self.k, self.v, self.dO, self.Lg, self.D, self.dQ, self.dK, self.dV)
+        n_kv, n_q = triton.cdiv(Nk, n1), triton.cdiv(Nq, m2)
+        if fused:
+            if (w1, st1) != (w2, st2):
+                raise ValueError("a fused launch needs the same warps and stages for both kernels")
+            _bwd_static_kernel[(n_kv + n_q, self.B * H)](*tensors, qk_scale=qk_scale, scale=scale, **const, KIND=2,
+                                                         num_warps=w1, num_stages=st1)
+            return
+        _bwd_static_kernel[(n_kv, self.B * H)](*tensors, qk_scale=qk_scale, scale=scale, **const, KIND=0,
+                                               num_warps=w1, num_stages=st1)
+        _bwd_static_kernel[(n_q, self.B * H)](*tensors, qk_scale=qk_scale, scale=scale, **const, KIND=1,
+                                              num_warps=w2, num_stages=st2)
 
 
 def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config: BackwardConfig | None = None,

@@ -8,8 +8,9 @@
 //   * Register blocking (kMTiles = 2): a warp owns 2 x 16 query rows, so every K or V fragment
 //     it loads with ldmatrix feeds 2 mma instead of 1: half the shared-memory reads per FLOP.
 //     Q no longer fits in registers then; it is re-read from shared memory at each k-step.
-//     The accumulators (2 x 16 x d floats of O per warp) leave room for only B_c = 32 keys per
-//     tile at d = 128 before registers spill.
+//     The accumulators (2 x 16 x d floats of O per warp: 128 registers a thread at d = 128)
+//     leave room for at most B_c = 64 keys per tile at d = 128, and only if few other values
+//     stay live across the main loop (load_tile keeps one copy address per thread).
 //   * exp2 with flush-to-zero: ex2.approx.ftz.f32 is one MUFU instruction; exp2f() adds range
 //     handling for denormal results (extra compares and multiplies on every score).
 //   * Lazy rescaling: the running max m is only moved when a tile's max exceeds it by more than
@@ -31,6 +32,11 @@
 //   * Optional XOR swizzle (kSwizzle) instead of padding: chunk c of row r stored at c ^ (r % 8).
 //     It saves the padding bytes, but its addresses cannot be folded into immediate offsets and
 //     cost registers; measured slower than padding here, so the defaults keep padding.
+//   * Optional early packing of P (kPackP): P goes to 16-bit pairs (the A operands of P V) right
+//     after the softmax, so the fp32 registers of S die before P V rather than k-step by k-step
+//     inside it. Same values, same rounding: the output is bit-identical to kPackP = false.
+//     Timed on the H100: +1 to +3 % at B_c = 32, -1 to -3 % at B_c = 64 (where nothing spills
+//     any more), so the defaults leave it off.
 //
 // Supports: float16 and bfloat16; head dims 64 and 128; any Nq, Nk; causal (top-left). Same
 // alignment needs as v2. Every tile configuration in kCandidates can be timed by name
@@ -50,7 +56,7 @@ constexpr float kRescaleThreshold = 8.0f;  // log2 units: P may reach 2^8 before
 
 // A tile configuration: kWarps warps, each owning kMTiles x 16 query rows; B_c keys per tile.
 template <int D_, int kWarps_, int kMTiles_, int B_c_, bool kSwizzle_ = false, bool kFastExp_ = true,
-          bool kLazyRescale_ = true, bool kSplitMask_ = true, int kSub_ = B_c_>
+          bool kLazyRescale_ = true, bool kSplitMask_ = true, int kSub_ = B_c_, bool kPackP_ = false>
 struct Config {
     static constexpr int D = D_;
     static constexpr int kWarps = kWarps_;
@@ -64,7 +70,13 @@ struct Config {
     // computed in B_c / kSub slices, so that S (kMTiles x 16 x kSub floats per warp) fits in
     // registers while the barriers are paid once per B_c keys.
     static constexpr int kSub = kSub_;
-    static_assert(B_c % kSub == 0 && kSub % 16 == 0, "B_c must be a multiple of kSub, kSub of 16");    static constexpr int LD = kSwizzle ? D : D + 8;  // row stride in shared memory (elements)
+    static_assert(B_c % kSub == 0 && kSub % 16 == 0, "B_c must be a multiple of kSub, kSub of 16");
+    // Pack P to 16 bits right after the softmax (the A operands of P V), instead of k-step by
+    // k-step inside the P V loop: the kMTiles x kSub / 2 fp32 registers of S then die before
+    // P V starts and only half as many (the 16-bit pairs) stay live through it. Same values,
+    // same rounding: the result is bit-identical.
+    static constexpr bool kPackP = kPackP_;
+    static constexpr int LD = kSwizzle ? D : D + 8;  // row stride in shared memory (elements)
     static constexpr int kThreads = 32 * kWarps;
     static constexpr int kWarpRows = 16 * kMTiles;
     static constexpr int B_r = kWarps * kWarpRows;
@@ -96,15 +108,20 @@ __device__ __forceinline__ float exp2_(float x) {
 
 template <typename T, typename C, int ROWS>
 __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t row_stride, int row0, int N, int tid) {
-    constexpr int kChunks = C::D / 8;
-    static_assert(ROWS * kChunks % C::kThreads == 0, "every thread copies the same number of chunks");
+    constexpr int kChunks = C::D / 8;                // 16-byte chunks per row
+    constexpr int kRowStep = C::kThreads / kChunks;  // rows between two chunks of one thread
+    static_assert(C::kThreads % kChunks == 0 && ROWS % kRowStep == 0, "every thread copies the same number of chunks");
+    // Chunk tid + it * kThreads (kChunks per row, row-major) is column c of row r + it * kRowStep:
+    // one base address per thread plus constant steps. (Computed from scratch per chunk, the
+    // chunks' 64-bit offsets were hoisted out of the main loop and spilled at d = 128, B_c = 64.)
+    const int r = tid / kChunks, c = (tid % kChunks) * 8;
+    const int rows_left = N - row0 - r;  // chunk `it` is valid when it * kRowStep < rows_left
+    const T* g = src + (row0 + r) * row_stride + c;
 #pragma unroll
-    for (int it = 0; it < ROWS * kChunks / C::kThreads; ++it) {
-        const int idx = tid + it * C::kThreads;
-        const int r = idx / kChunks, c = (idx % kChunks) * 8;
-        const bool valid = row0 + r < N;
-        const T* g = valid ? src + (row0 + r) * row_stride + c : src;
-        cp_async_16(dst + swz<C>(r, c), g, valid);
+    for (int it = 0; it < ROWS / kRowStep; ++it) {
+        const bool valid = it * kRowStep < rows_left;
+        cp_async_16(dst + swz<C>(r + it * kRowStep, c), valid ? g : src, valid);
+        g += kRowStep * row_stride;
     }
 }
 
@@ -215,6 +232,19 @@ __device__ __forceinline__ void scores_softmax(float (&s)[C::kMTiles][C::kSub / 
     }
 }
 
+// The A fragments of k-step ks of O += P V: the C fragments of S tiles 2ks and 2ks + 1
+// (rows g, g + 8; columns 2t, 2t + 1 of each 8-key n-tile), packed to 16-bit pairs.
+template <typename T, typename C>
+__device__ __forceinline__ void pack_p(uint32_t (&a)[C::kMTiles][4], const float (&s)[C::kMTiles][C::kSub / 8][4], int ks) {
+#pragma unroll
+    for (int mi = 0; mi < C::kMTiles; ++mi) {
+        a[mi][0] = pack2<T>(s[mi][2 * ks][0], s[mi][2 * ks][1]);
+        a[mi][1] = pack2<T>(s[mi][2 * ks][2], s[mi][2 * ks][3]);
+        a[mi][2] = pack2<T>(s[mi][2 * ks + 1][0], s[mi][2 * ks + 1][1]);
+        a[mi][3] = pack2<T>(s[mi][2 * ks + 1][2], s[mi][2 * ks + 1][3]);
+    }
+}
+
 template <typename T, typename C>
 __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p) {
     constexpr int D = C::D, B_r = C::B_r, B_c = C::B_c, kM = C::kMTiles;
@@ -292,11 +322,16 @@ __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p)
             const T* K_sub = K_j + sub * kSub * C::LD;
 
             float s[kM][kSub / 8][4];
+            uint32_t p_frag[kSub / 16][kM][4];  // P as the A fragments of P V, one per k-step
             if (active) {
                 if (C::kSplitMask && !need_mask)
                     scores_softmax<T, C, false>(s, st, q_frag, Q_s, K_sub, warp, lane, c0, row_first, p, scale_log2, false);
                 else
                     scores_softmax<T, C, true>(s, st, q_frag, Q_s, K_sub, warp, lane, c0, row_first, p, scale_log2, need_mask);
+                if constexpr (C::kPackP) {  // pack all of P now: s is dead from here on
+#pragma unroll
+                    for (int ks = 0; ks < kSub / 16; ++ks) pack_p<T, C>(p_frag[ks], s, ks);
+                }
             }
 
             if (sub == 0) {
@@ -311,14 +346,10 @@ __global__ void __launch_bounds__(C::kThreads) forward_kernel(const FwdParams p)
                 const T* V_sub = V_j + sub * kSub * C::LD;
 #pragma unroll
                 for (int ks = 0; ks < kSub / 16; ++ks) {
-                    uint32_t a[kM][4];
-#pragma unroll
-                    for (int mi = 0; mi < kM; ++mi) {
-                        a[mi][0] = pack2<T>(s[mi][2 * ks][0], s[mi][2 * ks][1]);
-                        a[mi][1] = pack2<T>(s[mi][2 * ks][2], s[mi][2 * ks][3]);
-                        a[mi][2] = pack2<T>(s[mi][2 * ks + 1][0], s[mi][2 * ks + 1][1]);
-                        a[mi][3] = pack2<T>(s[mi][2 * ks + 1][2], s[mi][2 * ks + 1][3]);
-                    }
+                    // P's A fragments of this k-step: packed after the softmax (kPackP) or packed now.
+                    uint32_t a_now[kM][4];
+                    if constexpr (!C::kPackP) pack_p<T, C>(a_now, s, ks);
+                    const uint32_t(&a)[kM][4] = C::kPackP ? p_frag[ks] : a_now;
 #pragma unroll
                     for (int dp = 0; dp < D / 16; ++dp) {
                         uint32_t vb[4];
@@ -377,9 +408,12 @@ const char* launch(const FwdParams& p) {
 }
 
 // The default configuration per head dim, chosen from the sweep recorded in
-// benchmarks/results/cuda_h100.json (see benchmarks/PERFORMANCE_cuda.md).
-using Default64 = Config<64, 4, 2, 64>;
-using Default128 = Config<128, 4, 2, 32>;
+// benchmarks/results/cuda_sweep_h100.json (see benchmarks/PERFORMANCE_cuda.md): 64 keys per tile
+// at d = 128 and 128 keys (computed 64 at a time) at d = 64, both spill-free since load_tile
+// keeps one copy address per thread. (Before that fix: Config<64, 4, 2, 64> and
+// Config<128, 4, 2, 32>, benchmarks/results/cuda_h100.json.)
+using Default64 = Config<64, 4, 2, 128, false, true, true, true, 64>;
+using Default128 = Config<128, 4, 2, 64>;
 
 template <typename T>
 const char* launch_default(const FwdParams& p) {
@@ -408,14 +442,16 @@ const char* run_candidate(const FwdParams& p) {
                         dtype_name(p.dtype));
 }
 
-// Names: d<head dim>_w<warps>_m<m-tiles per warp>_bc<B_c>, then pad|swz, then the switches
-// that are off (exp2f: accurate exp2f instead of ex2.approx.ftz; eager: rescale every tile;
-// onebody: one tile body with a run-time mask branch inside, as in v2); sub<k>: computed in
-// slices of k keys).
+// Names: d<head dim>_w<warps>_m<m-tiles per warp>_bc<B_c>, then sub<k> (computed in slices of
+// k keys) if any, then pad|swz, then the switches that are off (exp2f: accurate exp2f instead of
+// ex2.approx.ftz; eager: rescale every tile; onebody: one tile body with a run-time mask branch
+// inside, as in v2), then those that are on (packp: P packed to 16 bits right after the softmax).
 const Candidate kCandidates[] = {
-    {"d64_w4_m2_bc64_pad", 64, run_candidate<Default64>},
-    {"d128_w4_m2_bc32_pad", 128, run_candidate<Default128>},
+    {"d64_w4_m2_bc128_sub64_pad", 64, run_candidate<Default64>},
+    {"d128_w4_m2_bc64_pad", 128, run_candidate<Default128>},
 #ifdef FLASH_V3_SWEEP
+    {"d64_w4_m2_bc64_pad", 64, run_candidate<Config<64, 4, 2, 64>>},
+    {"d128_w4_m2_bc32_pad", 128, run_candidate<Config<128, 4, 2, 32>>},
     {"d64_w4_m2_bc64_pad_exp2f_eager_onebody", 64, run_candidate<Config<64, 4, 2, 64, false, false, false, false>>},
     {"d64_w4_m2_bc64_pad_exp2f_eager", 64, run_candidate<Config<64, 4, 2, 64, false, false, false>>},
     {"d64_w4_m2_bc64_pad_eager", 64, run_candidate<Config<64, 4, 2, 64, false, true, false>>},
@@ -424,17 +460,19 @@ const Candidate kCandidates[] = {
     {"d64_w4_m2_bc32_pad", 64, run_candidate<Config<64, 4, 2, 32>>},
     {"d64_w8_m2_bc64_pad", 64, run_candidate<Config<64, 8, 2, 64>>},
     {"d64_w4_m1_bc64_pad", 64, run_candidate<Config<64, 4, 1, 64>>},
-    {"d64_w4_m2_bc128_sub64_pad", 64, run_candidate<Config<64, 4, 2, 128, false, true, true, true, 64>>},
     {"d64_w4_m2_bc128_sub32_pad", 64, run_candidate<Config<64, 4, 2, 128, false, true, true, true, 32>>},
     {"d64_w4_m2_bc64_sub32_pad", 64, run_candidate<Config<64, 4, 2, 64, false, true, true, true, 32>>},
     {"d128_w4_m2_bc32_pad_exp2f_eager_onebody", 128, run_candidate<Config<128, 4, 2, 32, false, false, false, false>>},
     {"d128_w4_m2_bc32_pad_exp2f_eager", 128, run_candidate<Config<128, 4, 2, 32, false, false, false>>},
     {"d128_w4_m2_bc32_pad_eager", 128, run_candidate<Config<128, 4, 2, 32, false, true, false>>},
     {"d128_w4_m2_bc32_swz", 128, run_candidate<Config<128, 4, 2, 32, true>>},
-    {"d128_w4_m2_bc64_pad", 128, run_candidate<Config<128, 4, 2, 64>>},
     {"d128_w8_m2_bc32_pad", 128, run_candidate<Config<128, 8, 2, 32>>},
     {"d128_w8_m1_bc64_pad", 128, run_candidate<Config<128, 8, 1, 64>>},
     {"d128_w4_m2_bc64_sub32_pad", 128, run_candidate<Config<128, 4, 2, 64, false, true, true, true, 32>>},
+    {"d64_w4_m2_bc64_pad_packp", 64, run_candidate<Config<64, 4, 2, 64, false, true, true, true, 64, true>>},
+    {"d64_w4_m2_bc128_pad_packp", 64, run_candidate<Config<64, 4, 2, 128, false, true, true, true, 128, true>>},
+    {"d128_w4_m2_bc32_pad_packp", 128, run_candidate<Config<128, 4, 2, 32, false, true, true, true, 32, true>>},
+    {"d128_w4_m2_bc64_pad_packp", 128, run_candidate<Config<128, 4, 2, 64, false, true, true, true, 64, true>>},
 #endif
 };
 constexpr int kNumCandidates = sizeof(kCandidates) / sizeof(kCandidates[0]);
