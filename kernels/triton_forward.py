@@ -212,17 +212,30 @@ def _forward_query_block(
         tl.store(o_ptrs, o.to(o_base.dtype.element_ty), mask=o_mask)
 
 
-@triton.jit
-def _forward_program(
-    Q, K, V, O, L, pid, bh,
-    stride_qb, stride_qh, stride_qn, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_on, stride_od,
-    H, N_q, N_k, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, STEP: tl.constexpr, USE_TMA: tl.constexpr, PAD_V: tl.constexpr, Q_BLOCKS: tl.constexpr,
+# N_q, N_k and N_KEY are not specialised on (divisible by 16 or not): one binary serves every length
+@triton.jit(do_not_specialize=["N_q", "N_k", "N_KEY"])
+def _attention_forward_kernel(
+    Q, K, V, O, L,  # pointers: Q (B, H, N_q, d), K and V (B, H, N_k, d), O like Q, L (B, H, N_q) fp32
+    stride_qb, stride_qh, stride_qn, stride_qd,  # strides in elements: any layout works
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_on, stride_od,
+    H, N_q, N_k,  # heads, number of queries, number of keys
+    qk_scale,  # scale · log2(e)
+    N_KEY,  # bucket of max(N_q, N_k): not used by the code, only by the autotuner's key
+    HEAD_DIM: tl.constexpr,  # d
+    BLOCK_D: tl.constexpr,  # d padded to a power of two (tl.arange and tl.dot need one)
+    BLOCK_M: tl.constexpr,  # B_r: query rows per query block
+    BLOCK_N: tl.constexpr,  # B_c: key rows per inner step
+    IS_CAUSAL: tl.constexpr,
+    STEP: tl.constexpr,  # the @triton.jit inner-loop body (attention_block_step or a replacement)
+    USE_TMA: tl.constexpr,  # move Q, K, V, O tiles with TMA tensor descriptors (Hopper) instead of pointers
+    PAD_V: tl.constexpr,  # value read for V rows past N_k (0.0; graders poison it)
+    Q_BLOCKS: tl.constexpr = 1,  # query blocks per program: 1, or 2 (causal: block i with T_r-1-i)
 ):
-    """Program pid of (batch, head) bh: the body of both kernels below."""
     T_r = tl.cdiv(N_q, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     # base pointers of this (batch, head), in int64: B·H·N·d may exceed 2³¹
@@ -269,53 +282,6 @@ def _forward_program(
                                  stride_qn, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, stride_on,
                                  stride_od, N_q, N_k, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL,
                                  STEP, USE_TMA, PAD_V)
-
-
-
-
-# N_q, N_k and N_KEY are not specialised on (divisible by 16 or not): one binary serves every length
-@triton.jit(do_not_specialize=["N_q", "N_k", "N_KEY"])
-def _attention_forward_kernel(
-    Q, K, V, O, L,  # pointers: Q (B, H, N_q, d), K and V (B, H, N_k, d), O like Q, L (B, H, N_q) fp32
-    stride_qb, stride_qh, stride_qn, stride_qd,  # strides in elements: any layout works
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_ob, stride_oh, stride_on, stride_od,
-    H, N_q, N_k,  # heads, number of queries, number of keys
-    qk_scale,  # scale · log2(e)
-    N_KEY,  # bucket of max(N_q, N_k): not used by the code, only by the autotuner's key
-    HEAD_DIM: tl.constexpr,  # d
-    BLOCK_D: tl.constexpr,  # d padded to a power of two (tl.arange and tl.dot need one)
-    BLOCK_M: tl.constexpr,  # B_r: query rows per query block
-    BLOCK_N: tl.constexpr,  # B_c: key rows per inner step
-    IS_CAUSAL: tl.constexpr,
-    STEP: tl.constexpr,  # the @triton.jit inner-loop body (attention_block_step or a replacement)
-    USE_TMA: tl.constexpr,  # move Q, K, V, O tiles with TMA tensor descriptors (Hopper) instead of pointers
-    PAD_V: tl.constexpr,  # value read for V rows past N_k (0.0; graders poison it)
-    Q_BLOCKS: tl.constexpr = 1,  # query blocks per program: 1, or 2 (causal: block i with T_r-1-i)
-):
-    _forward_program(Q, K, V, O, L, tl.program_id(0), tl.program_id(1),
-                     stride_qb, stride_qh, stride_qn, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-                     stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_on, stride_od,
-                     H, N_q, N_k, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL, STEP, USE_TMA, PAD_V, Q_BLOCKS)
-
-
-# The same kernel with every length and stride a compile-time constant: one binary per shape.
-@triton.jit
-def _attention_forward_static_kernel(
-    Q, K, V, O, L,
-    stride_qb: tl.constexpr, stride_qh: tl.constexpr, stride_qn: tl.constexpr, stride_qd: tl.constexpr,
-    stride_kb: tl.constexpr, stride_kh: tl.constexpr, stride_kn: tl.constexpr, stride_kd: tl.constexpr,
-    stride_vb: tl.constexpr, stride_vh: tl.constexpr, stride_vn: tl.constexpr, stride_vd: tl.constexpr,
-    stride_ob: tl.constexpr, stride_oh: tl.constexpr, stride_on: tl.constexpr, stride_od: tl.constexpr,
-    H: tl.constexpr, N_q: tl.constexpr, N_k: tl.constexpr, qk_scale, N_KEY,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, STEP: tl.constexpr, USE_TMA: tl.constexpr, PAD_V: tl.constexpr, Q_BLOCKS: tl.constexpr = 1,
-):
-    _forward_program(Q, K, V, O, L, tl.program_id(0), tl.program_id(1),
-                     stride_qb, stride_qh, stride_qn, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-                     stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_on, stride_od,
-                     H, N_q, N_k, qk_scale, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, IS_CAUSAL, STEP, USE_TMA, PAD_V, Q_BLOCKS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -431,7 +397,7 @@ def _check(q, k, v, scale):
         raise ValueError(f"the Triton kernel runs on a CUDA GPU: move query, key and value to 'cuda', got {q.device}")
 
 
-def launch(q, k, v, *, is_causal=False, scale=None, config=None, step=None, use_tma=None, pad_v=0.0, static=False):
+def launch(q, k, v, *, is_causal=False, scale=None, config=None, step=None, use_tma=None, pad_v=0.0):
     """Run the kernel with every knob exposed.
 
     config: dict with BLOCK_M, BLOCK_N, num_warps, num_stages (and optionally Q_BLOCKS, query blocks
@@ -470,8 +436,7 @@ def launch(q, k, v, *, is_causal=False, scale=None, config=None, step=None, use_
     if config is not None:
         q_blocks = config.get("Q_BLOCKS", 1)
         grid = (triton.cdiv(triton.cdiv(N_q, config["BLOCK_M"]), q_blocks), B * H)
-        kernel = _attention_forward_static_kernel if static else _attention_forward_kernel
-        kernel[grid](*args, **meta, BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
+        _attention_forward_kernel[grid](*args, **meta, BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
                                         Q_BLOCKS=q_blocks, num_warps=config.get("num_warps", 4),
                                         num_stages=config.get("num_stages", 2))
     else:

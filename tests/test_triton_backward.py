@@ -85,6 +85,20 @@ def test_interpreter_tma_path_matches_pointer_path_and_reference(Nq, Nk, d, caus
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("Nq,Nk,d,causal", [(37, 53, 32, True), (70, 70, 48, False)])
+def test_interpreter_static_shapes_match_dynamic(Nq, Nk, d, causal):
+    """static=True (lengths and strides compiled in, one binary per shape) and its one-launch variant
+    (both programs in one grid): the same gradients as the dynamic kernels, bit for bit."""
+    g = torch.Generator().manual_seed(Nq + Nk + d)
+    args = make(1, 2, Nq, Nk, d, torch.float32, causal, g)
+    static = check_against_reference(*args, causal, static=True)
+    dynamic = tb.attention_backward(*args, is_causal=causal, static=False)
+    p = tb._Problem(*args, causal, None)
+    p.run_static(tb.CPU_CONFIG.dkdv, tb.CPU_CONFIG.dq, fused=True)
+    for a, b, c in zip(static, dynamic, (p.dQ, p.dK, p.dV)):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
 def test_tma_needs_fp16_or_bf16():
     g = torch.Generator().manual_seed(15)
     with pytest.raises(ValueError, match="use_tma"):
@@ -231,7 +245,20 @@ def test_gpu_fp32_uses_full_precision_products(single_config):
 def test_gpu_autotuned_path_matches_float64():
     g = torch.Generator().manual_seed(19)
     for d in (64, 128):
-        check_against_reference(*make(1, 4, 2048, 2048, d, torch.float16, True, g), True, factor=3.0)
+        check_against_reference(*make(1, 4, 2048, 2048, d, torch.float16, True, g), True, factor=3.0, static=False)
+
+
+@pytest.mark.gpu
+def test_gpu_static_shapes_match_dynamic_and_float64():
+    """From STATIC_MIN_N on, the default compiles lengths and strides in: right on a ragged length,
+    and bit-identical to the dynamic kernels with the same blocks."""
+    g = torch.Generator().manual_seed(22)
+    for N, d, causal in ((tb.STATIC_MIN_N + 52, 128, True), (tb.STATIC_MIN_N, 64, False)):
+        args = make(1, 2, N, N, d, torch.float16, causal, g)
+        static = check_against_reference(*args, causal, factor=3.0)  # static by default at this length
+        dynamic = tb.attention_backward(*args, is_causal=causal, static=False, config=tb.default_config(d, causal))
+        for a, b in zip(static, dynamic):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.gpu
