@@ -616,10 +616,23 @@ class _Problem:
                                               num_warps=w2, num_stages=st2)
 
 
-#: From this length on (max(Nq, Nk)), the GPU path compiles one binary per shape (_bwd_static_kernel):
-#: the first call at a new length pays a compilation (seconds), every later call runs faster. Below it,
-#: one binary serves every length, autotuned per length bucket.
+#: From this length on (max(Nq, Nk)), the GPU path compiles one binary per shape (_bwd_static_kernel)
+#: for the head-dim classes and causality where that was measured faster: the first call at a new
+#: length pays a compilation (seconds), every later call runs faster. Elsewhere one binary serves every
+#: length, autotuned per length bucket.
 STATIC_MIN_N = 2048
+#: (padded head-dim class, causal) where the static kernels won on the H100 (benchmarks/results/
+#: backward_static_ab.json, bench_h100_fp16.json): d = 128 +7 to +14 %, d = 64 causal +1 to +8 %. At
+#: d = 64 non-causal the tuned dK/dV tile (64 x 128, 4 warps) ran at a third of its dynamic speed
+#: compiled static (111 against 343-364 TFLOP/s), so that case stays dynamic.
+STATIC_CLASSES = {(128, False), (128, True), (64, True)}
+
+
+def static_by_default(d: int, Nq: int, Nk: int, is_causal: bool, dtype: torch.dtype) -> bool:
+    """Whether attention_backward compiles the shape in (static=None) for these inputs on a GPU."""
+    block_d = max(16, 1 << (max(d, 1) - 1).bit_length())
+    return (dtype != torch.float32 and max(Nq, Nk) >= STATIC_MIN_N
+            and (_size_class(block_d), bool(is_causal)) in STATIC_CLASSES)
 
 
 def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config: BackwardConfig | None = None,
@@ -633,7 +646,8 @@ def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config
     use_tma: None picks TMA loads where the GPU and the layout allow (Hopper, fp16/bf16); True
     forces them (the interpreter runs them too), False the pointer loads.
     static: compile the lengths and strides into the kernels (one binary per shape, no autotuning:
-    `config` or the first tuned candidates). None: on a GPU when max(Nq, Nk) >= STATIC_MIN_N.
+    `config` or the first tuned candidates). None: on a GPU where `static_by_default` says so
+    (long sequences, the head dims and causality where it was measured faster).
     Returns contiguous gradients in the inputs' dtype.
     """
     device.require_triton("attention_backward")
@@ -642,7 +656,7 @@ def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config
     if p.empty:  # no query, or no key: every row is fully masked, every gradient is zero
         return p.dQ.zero_(), p.dK.zero_(), p.dV.zero_()
     if static is None:
-        static = not device.TRITON_INTERPRET and max(p.Nq, p.Nk) >= STATIC_MIN_N
+        static = not device.TRITON_INTERPRET and static_by_default(p.d, p.Nq, p.Nk, is_causal, q.dtype)
     if static:
         config = config or default_config(p.d, is_causal, q.dtype)
         p.run_static(config.dkdv, config.dq)
