@@ -3,7 +3,7 @@ length, two launches) against `_bwd_static_kernel` (lengths and strides compiled
 and in one fused launch (FlexAttention's layout); the autotuned default and SDPA flash, cuDNN and
 FlexAttention are timed in the same run. Checks first that every variant gives the same gradients,
 bit for bit. GPU only. (A dynamic one-launch kernel was measured too, in the first run of
-results/backward_static_ab.json: 0.90-0.96x of two launches at d = 128 non-causal; it was removed.)
+results/backward_static_ab.json: 0.89-1.00x of two launches at d = 128 non-causal; it was removed.)
 
     OUT=benchmarks/results python benchmarks/backward_static_ab.py   # writes $OUT/bwd_static_ab.json
 

@@ -22,6 +22,12 @@ ragged tail (N not a multiple of the block) pay for masks: the `MASK` constexpr 
 exp2 instead of exp: scale·log2(e) is folded into one multiplier (qk_scale) and L is converted to
 base 2 once, so each score costs one fused multiply-add and one exp2.
 
+The kernels' bodies are @triton.jit functions (`_dkdv_program`, `_dq_program`) so that they can be
+compiled two ways: `_bwd_dkdv_kernel` and `_bwd_dq_kernel` take the lengths and strides as run-time
+arguments (one binary serves every length), `_bwd_static_kernel` takes them as compile-time
+constants (one binary per shape, as torch.compile does for FlexAttention). The second is faster on
+long sequences at d = 128; `static_by_default` says where it is used.
+
 Reference path: kernels.tiled_backward.backward_fa2 (the same algorithm in PyTorch) and
 kernels.reference.attention_backward (autograd through naive attention).
 """
@@ -374,7 +380,8 @@ if device.HAS_TRITON:
         """The same two programs with every length and stride a compile-time constant, as in the code
         torch.compile generates for FlexAttention: one compilation per shape. The loop bounds are then
         constants, the diagonal and ragged-tail splits are resolved at compile time, and the address
-        arithmetic folds into immediates; measured +7 to +14 % at d = 128 on the H100 (notes, section 8).
+        arithmetic folds into immediates. Same tiles, same run: +8 to +15 % at d = 128, +0 to +3 % at
+        d = 64 causal (benchmarks/PERFORMANCE_backward.md, section 8).
         KIND 0: the dK/dV programs, grid (cdiv(Nk, B_c1), B·H); KIND 1: the dQ programs, grid
         (cdiv(Nq, B_r2), B·H); KIND 2: both in one launch, FlexAttention's layout, grid
         (cdiv(Nk, B_c1) + cdiv(Nq, B_r2), B·H), the key-block programs first."""
@@ -621,10 +628,10 @@ class _Problem:
 #: length pays a compilation (seconds), every later call runs faster. Elsewhere one binary serves every
 #: length, autotuned per length bucket.
 STATIC_MIN_N = 2048
-#: (padded head-dim class, causal) where the static kernels won on the H100 (benchmarks/results/
-#: backward_static_ab.json, bench_h100_fp16.json): d = 128 +7 to +14 %, d = 64 causal +1 to +8 %. At
-#: d = 64 non-causal the tuned dK/dV tile (64 x 128, 4 warps) ran at a third of its dynamic speed
-#: compiled static (111 against 343-364 TFLOP/s), so that case stays dynamic.
+#: (padded head-dim class, causal) where the static kernels won (benchmarks/results/backward_static_ab.json,
+#: same tiles, same run): d = 128 +8 to +15 %, d = 64 causal +0 to +3 %. At d = 64 non-causal the tuned
+#: dK/dV tile (64 x 128, 4 warps) ran at a third of its dynamic speed compiled static in the benchmark
+#: run (bench_h100.json: 109-114 against 343-371 TFLOP/s dynamic), so that case stays dynamic.
 STATIC_CLASSES = {(128, False), (128, True), (64, True)}
 
 
