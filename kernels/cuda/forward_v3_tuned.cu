@@ -35,8 +35,8 @@
 //   * Optional early packing of P (kPackP): P goes to 16-bit pairs (the A operands of P V) right
 //     after the softmax, so the fp32 registers of S die before P V rather than k-step by k-step
 //     inside it. Same values, same rounding: the output is bit-identical to kPackP = false.
-//     Timed on the H100: +1 to +3 % at B_c = 32, -1 to -3 % at B_c = 64 (where nothing spills
-//     any more), so the defaults leave it off.
+//     Timed on the H100 (benchmarks/PERFORMANCE_cuda.md): 0 to +5 % at d = 128, B_c = 32, -3 to
+//     +1 % at B_c = 64 (where nothing spills any more), so the defaults leave it off.
 //
 // Supports: float16 and bfloat16; head dims 64 and 128; any Nq, Nk; causal (top-left). Same
 // alignment needs as v2. Every tile configuration in kCandidates can be timed by name
