@@ -56,3 +56,28 @@ def test_pointer_path_holds_more_registers_than_tma():
     ptr = tr.resource_report("forward", 64, 128, 64, num_warps=4, num_stages=2, use_tma=False)
     tma = tr.resource_report("forward", 64, 128, 64, num_warps=4, num_stages=2, use_tma=True)
     assert tma.registers < ptr.registers or tma.stack_bytes < ptr.stack_bytes, (ptr, tma)
+
+
+@pytest.mark.skipif(device.HAS_TRITON and not _has_cuobjdump(), reason="this triton wheel ships no cuobjdump")
+def test_static_build_drops_the_ragged_tail_loop():
+    """tools/static_vs_dynamic_sass.py: with N = 8192 compiled in (a multiple of B_r), the dQ binary
+    loses its second, masked copy of the loop: half the wgmma and fewer instructions. The tool
+    compiles in a subprocess with TRITON_INTERPRET=0, as kernels.triton_resources does."""
+    import os
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "tools" / "static_vs_dynamic_sass.py"), "dq", "64", "0", "64,32,4,2"],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ, TRITON_INTERPRET="0"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    counts = [_parse(line) for line in out.stdout.splitlines() if "{" in line]
+    dynamic, static = counts
+    assert static["wgmma"] * 2 == dynamic["wgmma"]
+    assert static["instructions"] < dynamic["instructions"]
+
+
+def _parse(line: str) -> dict:
+    import ast
+
+    return ast.literal_eval("{" + line.split("{", 1)[1])
