@@ -460,6 +460,11 @@ def _size_class(block_d: int) -> int:
     return 64 if block_d <= 64 else (128 if block_d <= 128 else 256)
 
 
+def _padded_head_dim(d: int) -> int:
+    """BLOCK_D: d rounded up to a power of two, at least 16 (tl.arange and tl.dot need one)."""
+    return max(16, 1 << (max(d, 1) - 1).bit_length())
+
+
 def candidates(kind: str, block_d: int, is_causal: bool, dtype: torch.dtype) -> list:
     """The tuned (B_r, B_c, warps, stages) list of kernel `kind` ("dkdv" or "dq")."""
     if dtype == torch.float32:
@@ -472,7 +477,7 @@ def default_config(d: int, is_causal: bool = False, dtype: torch.dtype = torch.f
     tuned candidate of each kernel."""
     if device.TRITON_INTERPRET:
         return CPU_CONFIG
-    block_d = max(16, 1 << (max(d, 1) - 1).bit_length())
+    block_d = _padded_head_dim(d)
     return BackwardConfig(*candidates("dkdv", block_d, is_causal, dtype)[0], *candidates("dq", block_d, is_causal, dtype)[0])
 
 
@@ -613,7 +618,8 @@ class _Problem:
         n_kv, n_q = triton.cdiv(Nk, n1), triton.cdiv(Nq, m2)
         if fused:
             if (w1, st1) != (w2, st2):
-                raise ValueError("a fused launch needs the same warps and stages for both kernels")
+                raise ValueError(f"a fused launch needs the same warps and stages for both kernels, got dkdv_cfg "
+                                 f"{dkdv_cfg} and dq_cfg {dq_cfg}")
             _bwd_static_kernel[(n_kv + n_q, self.B * H)](*tensors, qk_scale=qk_scale, scale=scale, **const, KIND=2,
                                                          num_warps=w1, num_stages=st1)
             return
@@ -636,10 +642,10 @@ STATIC_CLASSES = {(128, False), (128, True), (64, True)}
 
 
 def static_by_default(d: int, Nq: int, Nk: int, is_causal: bool, dtype: torch.dtype) -> bool:
-    """Whether attention_backward compiles the shape in (static=None) for these inputs on a GPU."""
-    block_d = max(16, 1 << (max(d, 1) - 1).bit_length())
+    """Whether attention_backward compiles the shape in (static=None) for these inputs on a GPU
+    (measured on Hopper: H100 and H200)."""
     return (dtype != torch.float32 and max(Nq, Nk) >= STATIC_MIN_N
-            and (_size_class(block_d), bool(is_causal)) in STATIC_CLASSES)
+            and (_size_class(_padded_head_dim(d)), bool(is_causal)) in STATIC_CLASSES)
 
 
 def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config: BackwardConfig | None = None,
