@@ -6,10 +6,18 @@ bit for bit. GPU only. (A dynamic one-launch kernel was measured too, in the fir
 results/backward_static_ab.json: 0.89-1.00x of two launches at d = 128 non-causal; it was removed.)
 
     OUT=benchmarks/results python benchmarks/backward_static_ab.py   # writes $OUT/bwd_static_ab.json
+    CASES=128:16 CAUSALS=0 NS=8192 PAIRS=1 OUT=... python benchmarks/backward_static_ab.py   # a subset
 
+CASES: d:H pairs; CAUSALS: 0 and/or 1; NS: lengths; PAIRS: how many of each case's tile pairs.
 With FLEX_SOURCE=1 it also saves the Triton source that torch.compile generates for FlexAttention's
-forward and backward (under $OUT/flex_src/) and a per-kernel profile of one backward of each
-provider, to compare our kernels with Flex's line by line without a GPU.
+forward and backward (under $OUT/flex_src/) and a per-kernel profile (torch.profiler) of one backward
+of each provider. With NCU_DRIVER=1 it runs two backward calls of each and exits, for Nsight Compute:
+
+    NCU_DRIVER=1 ncu --kernel-name regex:"bwd|tem" --launch-count 8 --section SpeedOfLight \
+        --section WarpStateStats --section Occupancy python benchmarks/backward_static_ab.py
+
+"default" is `attention_backward` as users get it (in the recorded runs made before static shapes,
+`separate_autotuned`: the autotuned dynamic kernels).
 """
 import json, os, pathlib, shutil, sys, tempfile, time
 
@@ -72,7 +80,7 @@ for d, H in CASES:
             flops = 2.5 * 4 * B * H * N * N * d * (0.5 if causal else 1.0)
             tf_ = lambda ms: flops / ms / 1e9  # noqa: E731
             r = dict(d=d, H=H, B=B, N=N, causal=causal, tflops={}, identical={})
-            r["tflops"]["separate_autotuned"] = tf_(bench(lambda: tb.attention_backward(q, k, v, O, L, dO, is_causal=causal)))
+            r["tflops"]["default"] = tf_(bench(lambda: tb.attention_backward(q, k, v, O, L, dO, is_causal=causal)))
             for c1, c2 in PAIRS[(d, causal)]:
                 name = f"{c1}+{c2}".replace(" ", "")
 
