@@ -47,6 +47,8 @@ def main(path: str) -> int:
     data = json.loads(pathlib.Path(path).read_text())
     dev = data.get("device", {})
     print(f"{path}: {dev.get('name', '?')}, torch {data.get('torch')}, triton {data.get('triton')}, {str(data.get('date'))[:10]}")
+    if data.get("note"):  # what was measured differs from the code now, or other caveats of the run
+        print(f"note: {data['note']}")
     table = speed_table(data["results"])
     for name, prov, base, direction, ds, goal in TARGETS:
         rows = []
