@@ -550,7 +550,7 @@ class _Problem:
             return
         q, k, v, O, dO = (_rows_contiguous(t) for t in (q, k, v, O, dO))
         self.q, self.k, self.v, self.dO = q, k, v, dO
-        self.BLOCK_D = max(16, triton.next_power_of_2(d))
+        self.BLOCK_D = _padded_head_dim(d)
         self.D = torch.empty((B * H, Nq), dtype=torch.float32, device=q.device)  # (B·H, Nq)
         self.Lg = torch.empty((B * H, Nq), dtype=torch.float32, device=q.device)  # (B·H, Nq), L in base 2
         PRE_M = 64 if self.BLOCK_D <= 64 else 32
@@ -570,16 +570,10 @@ class _Problem:
         )
         prec = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 inputs: full-precision products
         # TMA (Hopper): the loop's tiles (Q_i, dO_i; K_j, V_j) by descriptor, as in the forward
-        from .triton_forward import _set_allocator, _tma_ok
+        from .triton_forward import _resolve_tma
 
-        if use_tma is None:
-            use_tma = _tma_ok(q, k, v, dO)
-        elif use_tma and not _tma_ok(q, k, v, dO, explicit=True):
-            raise ValueError("use_tma=True needs a Hopper GPU, fp16/bf16, unit stride along d and 16-byte aligned strides")
-        if use_tma and not device.TRITON_INTERPRET:
-            _set_allocator()
         self.meta = dict(HEAD_DIM=d, BLOCK_D=self.BLOCK_D, IS_CAUSAL=bool(is_causal), PREC=prec,
-                         USE_TMA=bool(use_tma))
+                         USE_TMA=_resolve_tma(use_tma, q, k, v, dO))
 
     def run_dkdv(self, cfg=None):
         """The dK/dV kernel; cfg (B_r, B_c, warps, stages), or None for the autotuned one."""

@@ -366,6 +366,19 @@ def _tma_ok(*tensors, explicit: bool = False) -> bool:
     return True
 
 
+def _resolve_tma(use_tma: bool | None, *tensors) -> bool:
+    """The use_tma argument of the forward and backward entry points: None picks TMA where the GPU
+    and the layout allow it, True insists (a clear error where it cannot), False declines. Sets
+    triton's allocator for the in-kernel descriptors when TMA is on."""
+    if use_tma is None:
+        use_tma = _tma_ok(*tensors)
+    elif use_tma and not _tma_ok(*tensors, explicit=True):
+        raise ValueError("use_tma=True needs a Hopper GPU, fp16/bf16, unit stride along d and 16-byte aligned strides")
+    if use_tma and not device.TRITON_INTERPRET:
+        _set_allocator()
+    return bool(use_tma)
+
+
 def _set_allocator() -> None:
     """In-kernel TMA descriptors live in a small global scratch buffer that triton asks for.
 
@@ -418,12 +431,7 @@ def launch(q, k, v, *, is_causal=False, scale=None, config=None, step=None, use_
     if N_k == 0:  # no key at all: every row is fully masked
         return O.zero_(), L.fill_(float("-inf"))
     block_d = max(16, triton.next_power_of_2(d))
-    if use_tma is None:
-        use_tma = _tma_ok(q, k, v, O)
-    elif use_tma and not _tma_ok(q, k, v, O, explicit=True):
-        raise ValueError("use_tma=True needs a Hopper GPU, fp16/bf16, unit stride along d and 16-byte aligned strides")
-    if use_tma and not device.TRITON_INTERPRET:
-        _set_allocator()
+    use_tma = _resolve_tma(use_tma, q, k, v, O)
     args = (
         q, k, v, O, L,
         *q.stride(), *k.stride(), *v.stride(), *O.stride(),
