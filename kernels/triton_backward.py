@@ -26,7 +26,8 @@ The kernels' bodies are @triton.jit functions (`_dkdv_program`, `_dq_program`) s
 compiled two ways: `_bwd_dkdv_kernel` and `_bwd_dq_kernel` take the lengths and strides as run-time
 arguments (one binary serves every length), `_bwd_static_kernel` takes them as compile-time
 constants (one binary per shape, as torch.compile does for FlexAttention). The second is faster on
-long sequences at d = 128; `static_by_default` says where it is used.
+long sequences at d = 64 and 128 (H100); `static_by_default` says where it is used and `STATIC_TILES`
+with which tiles.
 
 Reference path: kernels.tiled_backward.backward_fa2 (the same algorithm in PyTorch) and
 kernels.reference.attention_backward (autograd through naive attention).
@@ -435,6 +436,12 @@ class BackwardConfig:
     def __repr__(self):
         return f"BackwardConfig(dkdv={self.dkdv}, dq={self.dq})"
 
+    def __eq__(self, other):
+        return isinstance(other, BackwardConfig) and (self.dkdv, self.dq) == (other.dkdv, other.dq)
+
+    def __hash__(self):
+        return hash((self.dkdv, self.dq))
+
 
 #: The one configuration used under the interpreter.
 CPU_CONFIG = BackwardConfig(16, 32, 4, 1, 32, 16, 4, 1)
@@ -628,18 +635,32 @@ class _Problem:
 #: length pays a compilation (seconds), every later call runs faster. Elsewhere one binary serves every
 #: length, autotuned per length bucket.
 STATIC_MIN_N = 2048
-#: (padded head-dim class, causal) where the static kernels won (benchmarks/results/backward_static_ab.json,
-#: same tiles, same run): d = 128 +8 to +15 %, d = 64 causal +0 to +3 %. At d = 64 non-causal the tuned
-#: dK/dV tile (64 x 128, 4 warps) ran at a third of its dynamic speed compiled static in the benchmark
-#: run (bench_h100.json: 109-114 against 343-371 TFLOP/s dynamic), so that case stays dynamic.
-STATIC_CLASSES = {(128, False), (128, True), (64, True)}
+#: (padded head-dim class, causal) -> the tiles the static kernels use there: where they won
+#: (benchmarks/results/backward_static_ab.json, same tiles, same run, fp16, H100 unless the run says
+#: otherwise): d = 128 +8 to +15 % and d = 64 causal +0 to +3 % with the first tuned tiles; d = 64
+#: non-causal +6 to +8 % over the autotuned dynamic kernels with 64 x 64 tiles, 4 warps, for both
+#: kernels. The tuned dynamic dK/dV tile there (64 x 128, 4 warps) must not be compiled static: it
+#: spills (568 bytes of stack with triton 3.6) and ran at a third of its dynamic speed.
+STATIC_TILES = {
+    (128, False): BackwardConfig(*TUNED[(128, False)]["dkdv"][0], *TUNED[(128, False)]["dq"][0]),
+    (128, True): BackwardConfig(*TUNED[(128, True)]["dkdv"][0], *TUNED[(128, True)]["dq"][0]),
+    (64, True): BackwardConfig(*TUNED[(64, True)]["dkdv"][0], *TUNED[(64, True)]["dq"][0]),
+    (64, False): BackwardConfig(64, 64, 4, 3, 64, 64, 4, 3),
+}
 
 
 def static_by_default(d: int, Nq: int, Nk: int, is_causal: bool, dtype: torch.dtype) -> bool:
     """Whether attention_backward compiles the shape in (static=None) for these inputs on a GPU
     (measured on Hopper: H100 and H200)."""
     return (dtype != torch.float32 and max(Nq, Nk) >= STATIC_MIN_N
-            and (_size_class(_padded_head_dim(d)), bool(is_causal)) in STATIC_CLASSES)
+            and (_size_class(_padded_head_dim(d)), bool(is_causal)) in STATIC_TILES)
+
+
+def static_config(d: int, is_causal: bool = False, dtype: torch.dtype = torch.float16) -> BackwardConfig:
+    """The tiles of the static kernels: STATIC_TILES where measured, else default_config."""
+    if device.TRITON_INTERPRET or dtype == torch.float32:
+        return default_config(d, is_causal, dtype)
+    return STATIC_TILES.get((_size_class(_padded_head_dim(d)), bool(is_causal))) or default_config(d, is_causal, dtype)
 
 
 def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config: BackwardConfig | None = None,
@@ -653,7 +674,7 @@ def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config
     use_tma: None picks TMA loads where the GPU and the layout allow (Hopper, fp16/bf16); True
     forces them (the interpreter runs them too), False the pointer loads.
     static: compile the lengths and strides into the kernels (one binary per shape, no autotuning:
-    `config` or the first tuned candidates). None: on a GPU where `static_by_default` says so
+    `config` or `static_config`'s tiles). None: on a GPU where `static_by_default` says so
     (long sequences, the head dims and causality where it was measured faster).
     Returns contiguous gradients in the inputs' dtype.
     """
@@ -665,7 +686,7 @@ def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config
     if static is None:
         static = not device.TRITON_INTERPRET and static_by_default(p.d, p.Nq, p.Nk, is_causal, q.dtype)
     if static:
-        config = config or default_config(p.d, is_causal, q.dtype)
+        config = config or static_config(p.d, is_causal, q.dtype)
         p.run_static(config.dkdv, config.dq)
     elif config is None and _autotuning():
         p.run_dkdv()
