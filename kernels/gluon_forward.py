@@ -1,0 +1,538 @@
+"""The FlashAttention forward pass in Gluon, written the way FlashAttention-3 runs on the H100.
+
+Why another forward kernel
+--------------------------
+`kernels.triton_forward` computes, for each key block j, the serial chain
+
+    S_j = Q_i K_jᵀ  (tensor cores)  →  m, P_j = exp2(S_j − m), ℓ  (MUFU + FMA)  →  O += P_j V_j  (tensor cores)
+
+and Triton's Hopper backend waits for every `wgmma` with `pendings = 0` before the next step. Inside
+one warpgroup the tensor cores therefore idle during the softmax and the exponential unit idles
+during the matmuls: at d = 64 the two take about as long, so the ceiling is half the tensor-core
+peak (benchmarks/PERFORMANCE_forward.md, "Where the kernel sits on the roofline"). Triton does not
+warp-specialise on sm_90 either, so the warps that compute also issue every load.
+
+Gluon (`triton.experimental.gluon`) is Triton one level down: we pick the register layouts, the
+shared-memory buffers, the mbarriers and the `wgmma` waits ourselves. This file uses that control
+for FlashAttention-3's two ideas:
+
+1. Intra-warpgroup overlap (both variants). The loop is software-pipelined by one step: iteration j
+   issues S_j = Q K_jᵀ *and* O += P_{j-1} V_{j-1} as asynchronous `wgmma`s, then waits with
+   `warpgroup_mma_wait(num_outstanding=1)`, which returns as soon as S_j is done (wgmma groups
+   complete in issue order) while P_{j-1} V_{j-1} still runs. The softmax of S_j then executes on the
+   FMA/MUFU pipes *while the tensor cores finish P_{j-1} V_{j-1}*. Only then do we wait for the P·V
+   product (num_outstanding=0) and rescale O by α_j = exp2(m_{j-1} − m_j).
+
+2. Producer / consumer warp specialisation (variant "ws"). `gl.warp_specialize` splits the CTA into
+   partitions that run different code: a 1-warp *producer* that only issues TMA copies of K_j and
+   V_j into a ring of STAGES shared-memory slots, and one or two *consumer* warpgroups that only
+   compute. They talk through mbarriers, two per slot and direction:
+
+       k_ready[s] / v_ready[s]   producer → consumers: "the TMA bytes of K_j / V_j have landed"
+                                 (mbarrier.expect sets the byte count; the TMA engine completes it)
+       k_empty[s] / v_empty[s]   consumers → producer: "every warpgroup is done reading slot s"
+                                 (one arrive per consumer warpgroup, after its wgmma wait)
+
+   A barrier's phase bit flips each time it completes, so the j-th use of slot s = j mod STAGES waits
+   for phase (j div STAGES) mod 2; the producer waits on the *empty* barriers with the opposite
+   parity, which lets its first pass through the ring go through without waiting. With two consumer
+   warpgroups, each owns its own B_r query rows and runs its own loop on the shared K/V stream: when
+   one is in its softmax the other can be in its matmuls (the effect FA3's "ping-pong" schedule
+   forces with named barriers; here it is left to the warp schedulers). The producer needs almost no
+   registers, so the consumers can be given more (`worker_num_regs`, setmaxnreg).
+
+What the compiled code really does (tools/gluon_forward_compile.py, column ex2_in_overlap): with
+triton 3.6's ptxas, the exponentials end up *after* the `wait 0` in the SASS, although the PTX has
+them between the two waits: ptxas sinks them next to their fp16 rounding, which overwrites the P
+registers the in-flight P·V wgmma reads, so the wait has to come first. The intra-warpgroup overlap
+(1) is therefore lost in the machine code; what remains is the overlap *between* warpgroups that (2)
+gives (while one consumer warpgroup is in its softmax the other can use the tensor cores) and the
+decoupled TMA producer. The GPU A/B (benchmarks/gluon_forward_ab.py) measures what that is worth.
+
+Variant "overlap" keeps (1) and drops (2): the computing warps issue the TMA copies themselves,
+refilling a slot as soon as the P·V product that read it has been waited for.
+
+Everything else follows kernels/triton_forward.py: exp2 with qk_scale = scale·log2(e), fp32 m, ℓ
+and O accumulator, P rounded to the input dtype for the P·V product, key blocks past the diagonal
+never visited (causal), masks compiled in only for the diagonal blocks and the last partial block,
+L = (m + log2 ℓ)·ln 2 (natural log) stored as fp32 (B, H, N).
+
+TMA does the bounds: the descriptors are 3-D, (B·H, N, d), so a tile that runs past row N of one
+head is clipped there and filled with zeros rather than read from the next head, and the O store is
+clipped the same way. Keys ≥ N are masked with -inf in the last block.
+
+Public entry: attention_forward_gluon(q, k, v, *, is_causal=False, scale=None, variant="ws").
+Needs an sm_90 GPU to run; tools/gluon_forward_compile.py compiles every variant without one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import device
+from .validation import check_qkv, check_scale
+
+if not device.HAS_TRITON:  # ImportError, so that `pytest.importorskip` and optional imports skip cleanly
+    raise ImportError("kernels.gluon_forward needs the triton package, which is not installed on this platform")
+
+try:
+    import triton  # noqa: E402
+    from triton.experimental import gluon  # noqa: E402
+    from triton.experimental.gluon import language as gl  # noqa: E402
+    from triton.experimental.gluon.language.nvidia.hopper import (  # noqa: E402
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: E402
+except ImportError as exc:  # older triton (< 3.5) has no Gluon, or a Hopper part of it is missing
+    raise ImportError(
+        "kernels.gluon_forward needs triton.experimental.gluon with the Hopper ops (triton >= 3.5); "
+        f"this triton ({getattr(triton, '__version__', '?')}) lacks it: {exc}"
+    ) from exc
+
+__all__ = ["attention_forward_gluon", "usable", "CONFIGS", "VARIANTS", "SUPPORTED_HEAD_DIMS", "DEFAULT_HEAD_DIMS",
+           "make_descriptors", "attention_forward_kernel"]
+
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x · log2(e))
+LN2 = 0.6931471805599453  # ln(2): log(x) = log2(x) · ln(2)
+#: Running max start: finite, so exp2(M_INIT − m) = 0 and exp2(m_old − m_new) never sees -inf + inf.
+M_INIT = -1.0e30
+_M_INIT = gl.constexpr(M_INIT)
+#: bar.sync over the CTA's (or the partition's) warps: `thread_barrier` in triton 3.6, `barrier` later
+_cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+#: TMA copies: triton 3.6 names them async_copy_global_to_shared / async_copy_shared_to_global, later
+#: versions async_load / async_store (same arguments)
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+_LN2 = gl.constexpr(LN2)
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+VARIANTS = ("overlap", "ws")
+#: Head dims at which kernels.triton_backward.flash_attention runs this kernel ("ws") instead of lesson
+#: 03's Triton kernel: where it measured faster on the H100 (benchmarks/results/gluon_forward_ab_h100.json:
+#: 1.15-1.25x the Triton kernel at d = 128, 0.93-1.03x at d = 64, where the exponentials weigh twice as
+#: much per FLOP and the overlap that remains is not enough; see benchmarks/PERFORMANCE_forward.md, step 9).
+DEFAULT_HEAD_DIMS = (128,)
+
+# ------------------------------------------------------------------------------------------------
+# Tile configurations per (d, variant).
+#
+#   BLOCK_M  B_r: query rows of ONE consumer warpgroup (a CTA has NUM_WG · BLOCK_M rows)
+#   BLOCK_N  B_c: keys per step
+#   STAGES   depth of the K/V ring in shared memory
+#   NUM_WG   consumer warpgroups (4 warps each); "ws" adds one producer warp
+#   LOADER_REGS / CONSUMER_REGS  registers per thread asked for the worker partitions ("ws")
+#
+# Budget (H100, per SM): 228 KB shared memory (227 KB usable by one CTA), 64 K 32-bit registers.
+# Shared memory: Q tiles NUM_WG·BLOCK_M·d·2 B, plus STAGES·2·BLOCK_N·d·2 B for the K and V ring
+# (the O tile reuses Q's buffer). d = 64:  Q 16 KB + 3 × 32 KB = 112 KB ("ws"), 16 + 2 × 32 = 80 KB
+# ("overlap"). d = 128: Q 32 KB + 2 × 64 KB = 160 KB; a third stage would make 224 KB, at the limit.
+# Registers, per thread of a consumer warpgroup with BLOCK_M = 64 rows (16 rows per warp):
+# S is 64·BLOCK_N/128 fp32 = 64 at B_c = 128, O is 64·d/128 = 32 (d = 64) or 64 (d = 128), P in
+# fp16 pairs is 32, and the overlap keeps S_j, P_{j-1} and O live at once: ~130–170 + addressing,
+# under the 240 that setmaxnreg can give two consumer warpgroups (2 × 128 × 240 + 32 × 24 < 64 K).
+# "overlap" with NUM_WG = 2 is one 8-warp tensor of 128 rows: the same per-thread counts.
+# ------------------------------------------------------------------------------------------------
+CONFIGS = {
+    (64, "overlap"): dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, NUM_WG=2),
+    (64, "ws"): dict(BLOCK_M=64, BLOCK_N=128, STAGES=3, NUM_WG=2, LOADER_REGS=24, CONSUMER_REGS=240),
+    (128, "overlap"): dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, NUM_WG=2),
+    (128, "ws"): dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, NUM_WG=2, LOADER_REGS=24, CONSUMER_REGS=240),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Device code
+# ------------------------------------------------------------------------------------------------
+@gluon.jit
+def _kv_blocks(row0, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """Key blocks of the query rows [row0, row0 + BLOCK_M): returns (n_full, n_total).
+
+    Blocks [0, n_full) need no mask (wholly in bounds and, causal, at or left of the diagonal);
+    blocks [n_full, n_total) need one; blocks >= n_total are never visited (past N or above the
+    diagonal). Same rule as kernels.tiled.causal_block_range."""
+    if IS_CAUSAL:
+        hi = gl.minimum(row0 + BLOCK_M, N)
+        n_full = gl.minimum((row0 + 1) // BLOCK_N, N // BLOCK_N)
+    else:
+        hi = N
+        n_full = N // BLOCK_N
+    n_total = (hi + BLOCK_N - 1) // BLOCK_N
+    return n_full, n_total
+
+
+@gluon.jit
+def _softmax_block(s, m_i, l_i, offs_m, start_n, N, qk_scale,
+                   BLOCK_N: gl.constexpr, s_layout: gl.constexpr, MASK: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """Online softmax of one score tile S_j (B_r, B_c) fp32.
+
+    Returns P̃_j = exp2(S_j·qk_scale − m_new) (fp32, B_r × B_c), the new running max m_new (log2
+    units), the new ℓ, and α = exp2(m_old − m_new), the factor the caller applies to O once the
+    previous P·V product has landed. MASK (constexpr) compiles the bounds / causal mask in."""
+    if MASK:
+        offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))  # (B_c,) key index
+        cols = gl.expand_dims(offs_n, 0)  # (1, B_c)
+        allowed = cols < N
+        if IS_CAUSAL:
+            allowed = allowed & (cols <= gl.expand_dims(offs_m, 1))  # key j <= query i (top-left)
+        s = gl.where(allowed, s * qk_scale, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1))
+        s = s - gl.expand_dims(m_new, 1)
+    else:
+        # no mask: scale inside the max, then one fused multiply-add per score
+        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+        s = s * qk_scale - gl.expand_dims(m_new, 1)
+    p = gl.exp2(s)  # (B_r, B_c), in [0, 1]
+    alpha = gl.exp2(m_i - m_new)  # (B_r,)
+    l_i = l_i * alpha + gl.sum(p, 1)
+    return p, m_new, l_i, alpha
+
+
+@gluon.jit
+def _refill(k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, bh, j, n_total,
+            BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """("overlap" only) Issue the TMA copies of K_j and V_j into slot j mod STAGES, if j < n_total.
+    The caller has made sure nobody still reads that slot."""
+    slot = j % STAGES
+    pred = j < n_total
+    mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes, pred=pred)
+    _tma_load(k_desc, [bh, j * BLOCK_N, 0], k_ready.index(slot), k_ring.index(slot), pred=pred)
+    mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes, pred=pred)
+    _tma_load(v_desc, [bh, j * BLOCK_N, 0], v_ready.index(slot), v_ring.index(slot), pred=pred)
+
+
+@gluon.jit
+def _step(j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
+          k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty, bh,
+          BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+          s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr,
+          MASK: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr, SYNC_WGS: gl.constexpr):
+    """One pipelined iteration j >= 1: S_j = Q K_jᵀ and O += P_{j-1} V_{j-1} in flight together,
+    softmax of S_j while P_{j-1} V_{j-1} finishes, then O *= α_j.
+
+    acc (B_r, d) fp32 is O rescaled to m_{j-1}, p_op (B_r, B_c) is P̃_{j-1} in the input dtype
+    (wgmma A-operand layout)."""
+    slot = j % STAGES
+    slot_prev = (j - 1) % STAGES
+    # 1. S_j = Q K_jᵀ, async. K_j sits (B_c, d) in shared memory; the permuted view is K_jᵀ (d, B_c).
+    mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
+    k_t = k_ring.index(slot).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0))
+    s_tok = warpgroup_mma(q2d, k_t, zero_s, use_acc=False, is_async=True)
+    # 2. O += P_{j-1} V_{j-1}, async, queued behind S_j on the tensor cores.
+    mbarrier.wait(v_ready.index(slot_prev), ((j - 1) // STAGES) & 1)
+    v_prev = v_ring.index(slot_prev).reshape([BLOCK_N, HEAD_DIM])
+    o_tok = warpgroup_mma(p_op, v_prev, acc, is_async=True)
+    # 3. wait until at most one wgmma group (the P·V product) is outstanding: S_j is ready.
+    s = warpgroup_mma_wait(num_outstanding=1, deps=[s_tok])
+    if WS:
+        mbarrier.arrive(k_empty.index(slot), count=1)  # K_j is no longer read: the producer may refill
+    # 4. softmax of S_j on the FMA / MUFU pipes while the tensor cores finish P_{j-1} V_{j-1}
+    p, m_new, l_i, alpha = _softmax_block(s, m_i, l_i, offs_m, j * BLOCK_N, N, qk_scale,
+                                          BLOCK_N, s_layout, MASK, IS_CAUSAL)
+    # 5. wait for P_{j-1} V_{j-1}; its operands (P registers, V_{j-1} slot) are then free. The new
+    #    fp32 P̃_j goes through the wait as well: that pins its rounding to fp16/bf16 (which writes
+    #    the registers the in-flight wgmma still reads) after the wait; otherwise the compiler
+    #    hoists the rounding into the softmax and ptxas must hoist the wait with it (no overlap).
+    acc, p_op, p = warpgroup_mma_wait(num_outstanding=0, deps=[o_tok, p_op, p])
+    if not WS:
+        if SYNC_WGS:
+            _cta_barrier()  # both warpgroups of the tensor are past their P·V before the slot is overwritten
+        _refill(k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, bh, j - 1 + STAGES, n_total, BLOCK_N, STAGES)
+    # 6. O *= α_j (O now holds Σ_{i<j} P̃_i V_i relative to m_{j-1})
+    alpha_o = gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))
+    acc = acc * gl.expand_dims(alpha_o, 1)
+    p_op = gl.convert_layout(p.to(k_ring.dtype), p_layout)
+    if WS:
+        mbarrier.arrive(v_empty.index(slot_prev), count=1)  # V_{j-1} no longer read
+    return acc, m_new, l_i, p_op
+
+
+@gluon.jit
+def _consumer(q_desc, k_desc, v_desc, o_desc, L, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty,
+              bh, row0, N, qk_scale, n_loaded,
+              HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+              WARPS: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr):
+    """The compute of one query tile Q_i (rows [row0, row0 + BLOCK_M)) with WARPS warps.
+
+    WS: K/V slots arrive from the producer partition and are handed back through k_empty / v_empty;
+    the drain at the end hands back the slots of blocks the producer loaded for another warpgroup
+    (n_loaded > this tile's n_total only for the lower warpgroup of a causal tile).
+    Not WS: this function issues the K/V copies itself (prologue: the first STAGES blocks)."""
+    dtype: gl.constexpr = k_ring.dtype
+    # Register layouts. wgmma: each warp owns 16 rows of the tile; instr_shape [16, n, 16] with n the
+    # full width, so one wgmma instruction per 16-row slice and per 16-wide k step.
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    # P as the register A operand of P·V: two fp16/bf16 per 32-bit register (k_width = 2)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    SYNC_WGS: gl.constexpr = WARPS > 4
+
+    n_full, n_total = _kv_blocks(row0, N, BLOCK_M, BLOCK_N, IS_CAUSAL)
+    if not WS:
+        for jj in gl.static_range(STAGES):  # prologue: fill the ring
+            _refill(k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, bh, jj, n_total, BLOCK_N, STAGES)
+
+    offs_m = row0 + gl.arange(0, BLOCK_M, layout=row_s)  # (B_r,) query rows i
+    m_i = gl.full([BLOCK_M], _M_INIT, gl.float32, layout=row_s)  # running max m (log2 units)
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)  # running denominator ℓ
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)  # unnormalised O_i
+    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)  # accumulator operand, ignored (use_acc=False)
+    q2d = q_smem.reshape([BLOCK_M, HEAD_DIM])  # Q_i (B_r, d) in shared memory: wgmma reads it from there
+
+    mbarrier.wait(q_bar, 0)
+    # ---- block 0 (pipeline prologue): S_0, its softmax, P_0; nothing to overlap with yet
+    mbarrier.wait(k_ready.index(0), 0)
+    k_t = k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0))
+    s_tok = warpgroup_mma(q2d, k_t, zero_s, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(num_outstanding=0, deps=[s_tok])
+    if WS:
+        mbarrier.arrive(k_empty.index(0), count=1)
+    if n_full > 0:
+        p, m_i, l_i, alpha = _softmax_block(s, m_i, l_i, offs_m, 0, N, qk_scale, BLOCK_N, s_layout, False, IS_CAUSAL)
+    else:
+        p, m_i, l_i, alpha = _softmax_block(s, m_i, l_i, offs_m, 0, N, qk_scale, BLOCK_N, s_layout, True, IS_CAUSAL)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
+
+    # ---- blocks 1 .. n_full-1: no mask
+    for j in range(1, n_full):
+        acc, m_i, l_i, p_op = _step(j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
+                                    k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty, bh,
+                                    BLOCK_N, HEAD_DIM, STAGES, s_layout, o_layout, p_layout,
+                                    False, IS_CAUSAL, WS, SYNC_WGS)
+    # ---- the diagonal block(s) and the last partial block: masked
+    for j in range(gl.maximum(n_full, 1), n_total):
+        acc, m_i, l_i, p_op = _step(j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
+                                    k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty, bh,
+                                    BLOCK_N, HEAD_DIM, STAGES, s_layout, o_layout, p_layout,
+                                    True, IS_CAUSAL, WS, SYNC_WGS)
+
+    # ---- pipeline epilogue: the last P·V product
+    j_last = n_total - 1
+    slot = j_last % STAGES
+    mbarrier.wait(v_ready.index(slot), (j_last // STAGES) & 1)
+    o_tok = warpgroup_mma(p_op, v_ring.index(slot).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+    acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=[o_tok, p_op])
+    if WS:
+        mbarrier.arrive(v_empty.index(slot), count=1)
+        # hand back the slots loaded for the other warpgroup's longer (causal) range, in order
+        for j in range(n_total, n_loaded):
+            slot = j % STAGES
+            phase = (j // STAGES) & 1
+            mbarrier.wait(k_ready.index(slot), phase)
+            mbarrier.arrive(k_empty.index(slot), count=1)
+            mbarrier.wait(v_ready.index(slot), phase)
+            mbarrier.arrive(v_empty.index(slot), count=1)
+
+    # ---- O_i = acc / ℓ, L_i = (m + log2 ℓ)·ln 2; a row that saw no key gets O = 0, L = -inf
+    seen = l_i > 0.0
+    l_safe = gl.where(seen, l_i, 1.0)
+    lse = gl.where(seen, (m_i + gl.log2(l_safe)) * _LN2, float("-inf"))
+    gl.store(L + bh.to(gl.int64) * N + offs_m, lse, mask=offs_m < N)
+    o = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
+    # Q_i is no longer read (every S wgmma has been waited for): its buffer stages O_i for the TMA store
+    q2d.store(o.to(dtype))
+    fence_async_shared()  # make the generic-proxy writes visible to the TMA engine (async proxy)
+    _cta_barrier()  # every warp has written its rows before one thread issues the store
+    _tma_store(o_desc, [bh, row0, 0], q_smem)  # clipped at row N by the descriptor
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _producer(q_desc, k_desc, v_desc, q_smem, q_bars, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty,
+              bh, row0, n_loaded,
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, NUM_WG: gl.constexpr):
+    """The 1-warp TMA partition ("ws"): Q tiles once, then K_j, V_j for j < n_loaded through the ring."""
+    for w in gl.static_range(NUM_WG):
+        mbarrier.expect(q_bars.index(w), q_desc.block_type.nbytes)
+        _tma_load(q_desc, [bh, row0 + w * BLOCK_M, 0], q_bars.index(w), q_smem.index(w))
+    for j in range(n_loaded):
+        slot = j % STAGES
+        # wait until the consumers released this slot's previous block (j - STAGES); the first
+        # pass waits for parity 1 of a fresh barrier, which counts as already complete
+        phase = ((j // STAGES) & 1) ^ 1
+        mbarrier.wait(k_empty.index(slot), phase)
+        mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)  # full box bytes, also when clipped
+        _tma_load(k_desc, [bh, j * BLOCK_N, 0], k_ready.index(slot), k_ring.index(slot))
+        mbarrier.wait(v_empty.index(slot), phase)
+        mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+        _tma_load(v_desc, [bh, j * BLOCK_N, 0], v_ready.index(slot), v_ring.index(slot))
+
+
+@gluon.jit(do_not_specialize=["N"])
+def attention_forward_kernel(
+    q_desc, k_desc, v_desc, o_desc,  # TMA descriptors of (B·H, N, d) views; blocks [1, B_r, d] / [1, B_c, d]
+    L,  # (B, H, N) fp32 log-sum-exp, natural log
+    N,  # sequence length (N_q == N_k)
+    qk_scale,  # scale · log2(e)
+    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+    NUM_WG: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr,
+    LOADER_REGS: gl.constexpr = 24, CONSUMER_REGS: gl.constexpr = 240,
+):
+    """Grid (ceil(N / (NUM_WG·B_r)), B·H). "overlap" (WS=False): num_warps = 4·NUM_WG, one tile of
+    NUM_WG·B_r rows. "ws" (WS=True): num_warps = 4 (consumer warpgroup 0, the default partition),
+    plus a 1-warp producer partition and, with NUM_WG = 2, a second 4-warp consumer partition."""
+    ROWS: gl.constexpr = NUM_WG * BLOCK_M
+    n_tiles = (N + ROWS - 1) // ROWS
+    pid = gl.program_id(0)
+    bh = gl.program_id(1)
+    if IS_CAUSAL:
+        tile = n_tiles - 1 - pid  # longest rows first: better balance at the tail of the grid
+    else:
+        tile = pid
+    row0 = tile * ROWS
+    dtype: gl.constexpr = k_desc.dtype
+
+    # Shared memory. Q: one [1, B_r, d] tile per consumer warpgroup (reused for O at the end);
+    # K, V: rings of STAGES [1, B_c, d] slots. Layouts are the descriptors' (NVMMA, 128 B swizzle).
+    bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
+    k_ring = gl.allocate_shared_memory(dtype, [STAGES, 1, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_ring = gl.allocate_shared_memory(dtype, [STAGES, 1, BLOCK_N, HEAD_DIM], v_desc.layout)
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(s), count=1)  # completed by the producer's expect + TMA bytes
+        mbarrier.init(v_ready.index(s), count=1)
+        mbarrier.init(k_empty.index(s), count=NUM_WG)  # one arrive per consumer warpgroup
+        mbarrier.init(v_empty.index(s), count=NUM_WG)
+
+    if WS:
+        q_smem = gl.allocate_shared_memory(dtype, [NUM_WG, 1, BLOCK_M, HEAD_DIM], q_desc.layout)
+        q_bars = gl.allocate_shared_memory(gl.int64, [NUM_WG, 1], bar_layout)
+        for w in gl.static_range(NUM_WG):
+            mbarrier.init(q_bars.index(w), count=1)
+        fence_async_shared()  # barrier inits visible to the async proxy before any TMA uses them
+        # every block any consumer warpgroup needs: the last (lowest) warpgroup's range is the longest
+        _, n_loaded = _kv_blocks(row0 + (NUM_WG - 1) * BLOCK_M, N, BLOCK_M, BLOCK_N, IS_CAUSAL)
+        if NUM_WG == 1:
+            gl.warp_specialize([
+                (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
+                             k_ready, v_ready, k_empty, v_empty, bh, row0, N, qk_scale, n_loaded,
+                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True)),
+                (_producer, (q_desc, k_desc, v_desc, q_smem, q_bars, k_ring, v_ring, k_ready, v_ready, k_empty,
+                             v_empty, bh, row0, n_loaded, BLOCK_M, BLOCK_N, STAGES, NUM_WG)),
+            ], [1], [LOADER_REGS])
+        else:
+            gl.static_assert(NUM_WG == 2, "ws supports one or two consumer warpgroups")
+            gl.warp_specialize([
+                (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
+                             k_ready, v_ready, k_empty, v_empty, bh, row0, N, qk_scale, n_loaded,
+                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True)),
+                (_producer, (q_desc, k_desc, v_desc, q_smem, q_bars, k_ring, v_ring, k_ready, v_ready, k_empty,
+                             v_empty, bh, row0, n_loaded, BLOCK_M, BLOCK_N, STAGES, NUM_WG)),
+                (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(1), q_bars.index(1), k_ring, v_ring,
+                             k_ready, v_ready, k_empty, v_empty, bh, row0 + BLOCK_M, N, qk_scale, n_loaded,
+                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True)),
+            ], [1, 4], [LOADER_REGS, CONSUMER_REGS])
+    else:
+        # one tile of ROWS rows computed by all 4·NUM_WG warps, which also issue the copies
+        q_smem = gl.allocate_shared_memory(dtype, [1, ROWS, HEAD_DIM], q_desc.layout)
+        q_bar = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
+        mbarrier.init(q_bar, count=1)
+        fence_async_shared()
+        mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+        _tma_load(q_desc, [bh, row0, 0], q_bar, q_smem)
+        _consumer(q_desc, k_desc, v_desc, o_desc, L, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
+                  k_empty, v_empty, bh, row0, N, qk_scale, 0,
+                  HEAD_DIM, ROWS, BLOCK_N, STAGES, 4 * NUM_WG, IS_CAUSAL, False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host side
+# ------------------------------------------------------------------------------------------------
+_GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
+
+
+def _check(q, k, v, is_causal, scale, variant):
+    check_qkv(q, k, v, dtypes=(torch.float16, torch.bfloat16))
+    check_scale(scale)
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    d = q.shape[-1]
+    if d not in SUPPORTED_HEAD_DIMS or v.shape[-1] != d:
+        raise ValueError(f"head dim d must be one of {SUPPORTED_HEAD_DIMS} for the Gluon kernel (query, key and "
+                         f"value alike), got query d={d}, value d={v.shape[-1]}")
+    if k.shape[2] != q.shape[2]:
+        raise ValueError(f"the Gluon kernel needs N_q == N_k, got query N={q.shape[2]}, key N={k.shape[2]}")
+    if q.shape[2] < 1:
+        raise ValueError(f"sequence length N must be >= 1, got query shape {tuple(q.shape)}")
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (B, H, N, d) for the Gluon kernel's TMA descriptors, "
+                             f"got strides {t.stride()}; call .contiguous()")
+        if t.data_ptr() % 16:
+            raise ValueError(f"{name} must start at a 16-byte aligned address for TMA")
+    if q.device.type != "cuda":
+        raise ValueError(f"the Gluon kernel runs on a CUDA GPU (sm_90): move query, key and value to 'cuda', "
+                         f"got {q.device}")
+    if torch.cuda.get_device_capability(q.device)[0] != 9:
+        raise ValueError(f"the Gluon kernel is written for Hopper (sm_90: wgmma, TMA), got compute capability "
+                         f"{torch.cuda.get_device_capability(q.device)}")
+
+
+def usable(q, k, v, head_dims=SUPPORTED_HEAD_DIMS) -> bool:
+    """Whether the kernel takes these inputs as they are (no error, no copy): a Hopper GPU, contiguous
+    16-byte aligned fp16/bf16 (B, H, N, d) tensors of one dtype, N_q == N_k >= 1, d in head_dims."""
+    return (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9
+            and q.dtype in _GL_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype
+            and q.dim() == 4 and k.shape == q.shape and v.shape == q.shape and q.shape[2] >= 1
+            and q.shape[-1] in head_dims
+            and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (q, k, v)))
+
+
+def make_descriptors(q, k, v, o, BLOCK_M: int, BLOCK_N: int, NUM_WG: int, WS: bool):
+    """Host TMA descriptors over the (B·H, N, d) views: a box is [1, rows, d], so TMA clips at the end
+    of each head's N rows (zero fill on loads, no write on stores)."""
+    B, H, N, d = q.shape
+    gdt = _GL_DTYPES[q.dtype]
+    q_rows = BLOCK_M if WS else NUM_WG * BLOCK_M  # "ws": one Q tile per consumer warpgroup
+    q_layout = gl.NVMMASharedLayout.get_default_for([1, q_rows, d], gdt)
+    kv_layout = gl.NVMMASharedLayout.get_default_for([1, BLOCK_N, d], gdt)
+
+    def desc(t, rows, layout):
+        t3 = t.view(B * H, N, d)
+        return TensorDescriptor(t3, list(t3.shape), list(t3.stride()), [1, rows, d], layout)
+
+    return desc(q, q_rows, q_layout), desc(k, BLOCK_N, kv_layout), desc(v, BLOCK_N, kv_layout), desc(o, q_rows, q_layout)
+
+
+def attention_forward_gluon(q, k, v, *, is_causal=False, scale=None, variant="ws", config=None):
+    """FlashAttention forward with the Gluon kernel (H100 / sm_90 only).
+
+    q, k, v: contiguous (B, H, N, d) fp16 or bf16 CUDA tensors, d in {64, 128}, same N.
+    is_causal: query i attends key j only when j <= i. scale: defaults to 1/sqrt(d).
+    variant: "ws" (producer warp + consumer warpgroups) or "overlap" (no warp specialisation).
+    config: optional dict overriding CONFIGS[(d, variant)] (BLOCK_M, BLOCK_N, STAGES, NUM_WG, ...).
+    Returns O (B, H, N, d) in the input dtype and L (B, H, N) fp32, the natural-log log-sum-exp.
+    """
+    _check(q, k, v, is_causal, scale, variant)
+    B, H, N, d = q.shape
+    cfg = dict(CONFIGS[(d, variant)])
+    if config:
+        cfg.update(config)
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    ws = variant == "ws"
+    O = torch.empty_like(q)
+    L = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
+    q_desc, k_desc, v_desc, o_desc = make_descriptors(q, k, v, O, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["NUM_WG"], ws)
+    rows = cfg["NUM_WG"] * cfg["BLOCK_M"]
+    grid = (triton.cdiv(N, rows), B * H)
+    extra = dict(LOADER_REGS=cfg.get("LOADER_REGS", 24), CONSUMER_REGS=cfg.get("CONSUMER_REGS", 240)) if ws else {}
+    attention_forward_kernel[grid](
+        q_desc, k_desc, v_desc, o_desc, L, N, scale * LOG2E,
+        HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], STAGES=cfg["STAGES"], NUM_WG=cfg["NUM_WG"],
+        IS_CAUSAL=bool(is_causal), WS=ws, num_warps=4 if ws else 4 * cfg["NUM_WG"], **extra,
+    )
+    return O, L
