@@ -253,8 +253,21 @@ def _load_triton() -> Impl:
         impl.backward = lambda q, k, v, O, L, dO, c, s: ab(q, k, v, O, L, dO, is_causal=c, scale=s)
     if hasattr(bwd_mod, "flash_attention"):
         fa = bwd_mod.flash_attention
-        impl.differentiable = lambda q, k, v, c, s: fa(q, k, v, is_causal=c, scale=s)
+        impl.differentiable = lambda q, k, v, c, s: fa(q, k, v, is_causal=c, scale=s, forward="triton")
     return impl
+
+
+def _load_gluon() -> Impl:
+    """kernels.gluon_forward's warp-specialised forward; the backward is the Triton one (same as "triton")."""
+    fwd = importlib.import_module("kernels.gluon_forward").attention_forward_gluon
+    bwd_mod = importlib.import_module("kernels.triton_backward")
+    ab, fa = bwd_mod.attention_backward, bwd_mod.flash_attention
+    return Impl(
+        forward=lambda q, k, v, c, s: fwd(q, k, v, is_causal=c, scale=s)[0],
+        forward_lse=lambda q, k, v, c, s: fwd(q, k, v, is_causal=c, scale=s),
+        backward=lambda q, k, v, O, L, dO, c, s: ab(q, k, v, O, L, dO, is_causal=c, scale=s),
+        differentiable=lambda q, k, v, c, s: fa(q, k, v, is_causal=c, scale=s, forward="gluon"),
+    )
 
 
 def _cuda_loader(version: str) -> Callable[[], Impl]:
@@ -367,6 +380,8 @@ PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in [
         Provider("triton", "course Triton kernels (kernels.triton_forward / triton_backward)", _load_triton, course=True),
+        Provider("gluon", "course Gluon forward, warp-specialised (kernels.gluon_forward; Hopper, d 64/128) + Triton backward",
+                 _load_gluon, True, True),
         Provider("cuda-v1", "course CUDA C++ v1 (kernels.cuda_kernels, version='v1')", _cuda_loader("v1"), True, True),
         Provider("cuda-v2", "course CUDA C++ v2 (tensor cores)", _cuda_loader("v2"), True, True),
         Provider("cuda-v3", "course CUDA C++ v3", _cuda_loader("v3"), True, True),
@@ -380,7 +395,7 @@ PROVIDERS: dict[str, Provider] = {
     ]
 }
 
-GPU_DEFAULT = ["triton", "cuda-v1", "cuda-v2", "cuda-v3", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "flex", "naive"]
+GPU_DEFAULT = ["triton", "gluon", "cuda-v1", "cuda-v2", "cuda-v3", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "flex", "naive"]
 CPU_DEFAULT = ["naive", "tiled", "sdpa-math"]
 GPU_BASELINES = ["sdpa-flash", "flex"]
 CPU_BASELINES = ["sdpa-math"]

@@ -49,7 +49,7 @@ if device.HAS_TRITON:
 else:  # pragma: no cover - platforms without triton wheels
     triton = tl = None
 
-__all__ = ["attention_backward", "flash_attention", "FlashAttention", "BackwardConfig"]
+__all__ = ["attention_backward", "flash_attention", "FlashAttention", "BackwardConfig", "FORWARDS"]
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x · log2 e)
 
@@ -705,17 +705,44 @@ def tuned_configs() -> dict:
     return {str(key): {str(k): str(v) for k, v in tuner.cache.items()} for key, tuner in _tuners.items()}
 
 
+#: The forward kernels flash_attention can run: "triton" is lesson 03's kernel (any GPU, the
+#: interpreter, any d); "gluon" is kernels.gluon_forward's warp-specialised kernel (Hopper, fp16/bf16,
+#: d = 64 or 128, N_q == N_k, contiguous); "auto" takes "gluon" where it measured faster
+#: (gluon_forward.DEFAULT_HEAD_DIMS) and the inputs suit it, else "triton".
+FORWARDS = ("auto", "triton", "gluon")
+
+
+def gluon_by_default(q, k, v) -> bool:
+    """Whether forward="auto" runs the Gluon kernel for these inputs."""
+    if device.TRITON_INTERPRET:
+        return False
+    try:
+        from . import gluon_forward
+    except ImportError:  # a triton without Gluon's Hopper ops
+        return False
+    return gluon_forward.usable(q, k, v, gluon_forward.DEFAULT_HEAD_DIMS)
+
+
+def _forward_kernel(q, k, v, forward: str):
+    """The forward function (q, k, v, is_causal, scale) -> (O, L) that `forward` names for these inputs."""
+    if forward == "gluon" or (forward == "auto" and gluon_by_default(q, k, v)):
+        from .gluon_forward import attention_forward_gluon  # checks its inputs, names what it cannot take
+
+        return lambda q, k, v, is_causal, scale: attention_forward_gluon(q, k, v, is_causal=is_causal, scale=scale)
+    from .triton_forward import attention_forward  # lesson 03's Triton forward
+
+    return lambda q, k, v, is_causal, scale: attention_forward(q, k, v, is_causal=is_causal, scale=scale)
+
+
 class FlashAttention(torch.autograd.Function):
-    """Attention with the course's Triton forward and backward.
+    """Attention with the course's forward (see FORWARDS) and Triton backward.
 
     Saves exactly Q, K, V, O and L for the backward: O(N·d) memory per head, nothing N×N.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, is_causal, scale):
-        from .triton_forward import attention_forward  # lesson 03's Triton forward
-
-        O, L = attention_forward(q, k, v, is_causal=is_causal, scale=scale)
+    def forward(ctx, q, k, v, is_causal, scale, forward="auto"):
+        O, L = _forward_kernel(q, k, v, forward)(q, k, v, is_causal, scale)
         ctx.save_for_backward(q, k, v, O, L)
         ctx.is_causal, ctx.scale = is_causal, scale
         return O
@@ -724,12 +751,15 @@ class FlashAttention(torch.autograd.Function):
     def backward(ctx, dO):
         q, k, v, O, L = ctx.saved_tensors
         dQ, dK, dV = attention_backward(q, k, v, O, L, dO, is_causal=ctx.is_causal, scale=ctx.scale)
-        return dQ, dK, dV, None, None
+        return dQ, dK, dV, None, None, None
 
 
-def flash_attention(q, k, v, is_causal=False, scale=None):
-    """Differentiable attention (B, H, N, d) -> (B, H, Nq, d) with the course's Triton kernels."""
+def flash_attention(q, k, v, is_causal=False, scale=None, forward="auto"):
+    """Differentiable attention (B, H, N, d) -> (B, H, Nq, d) with the course's kernels: the forward
+    named by `forward` (FORWARDS: "auto" picks the fastest measured for the inputs), Triton backward."""
     device.require_triton("flash_attention")
     check_qkv(q, k, v, dtypes=_SUPPORTED)
     check_scale(scale)
-    return FlashAttention.apply(q, k, v, bool(is_causal), scale)
+    if forward not in FORWARDS:
+        raise ValueError(f"forward must be one of {FORWARDS}, got {forward!r}")
+    return FlashAttention.apply(q, k, v, bool(is_causal), scale, forward)

@@ -1,0 +1,161 @@
+"""kernels.gluon_forward: the warp-specialised Gluon forward (Hopper).
+
+On a CPU: the input checks, `usable` and flash_attention's choice of forward, and the kernel
+compiled for sm_90 (no GPU needed): no spills, the producer/consumer partitions present, and the
+spill check shown to fail on a tile that does spill. On the H100 (marked gpu): O and L against
+float64 over a grid of lengths, head dims, causal and dtypes, and gradients through flash_attention.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kernels
+from kernels import reference
+from kernels.grading.core import tolerance
+
+pytestmark = pytest.mark.skipif(not kernels.device.HAS_TRITON, reason="triton is not installed on this platform")
+
+try:
+    from kernels import gluon_forward as gf
+except ImportError as exc:  # a triton without Gluon's Hopper ops
+    gf, _why = None, str(exc)
+needs_gluon = pytest.mark.skipif(gf is None, reason="this triton has no Gluon Hopper ops")
+
+if kernels.device.HAS_TRITON:
+    from kernels import triton_backward as tb
+
+DEV = kernels.device.default_device()
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _inputs(B, H, N, d, dtype, seed, device=DEV):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return tuple(torch.randn(B, H, N, d, generator=g).to(device, dtype) for _ in range(3))  # each (B, H, N, d)
+
+
+# ------------------------------------------------------------------------------------------------ CPU
+@needs_gluon
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: _inputs(1, 2, 64, 64, torch.float32, 0, "cpu"), TypeError, "query must have dtype"),
+    (lambda: _inputs(1, 2, 64, 96, torch.float16, 0, "cpu"), ValueError, "head dim d must be one of"),
+    (lambda: (*_inputs(1, 2, 64, 64, torch.float16, 0, "cpu")[:1], *_inputs(1, 2, 32, 64, torch.float16, 1, "cpu")[:2]),
+     ValueError, "N_q == N_k"),
+    (lambda: tuple(t.transpose(1, 2).contiguous().transpose(1, 2) for t in _inputs(1, 2, 64, 64, torch.float16, 0, "cpu")),
+     ValueError, "query must be contiguous"),
+    (lambda: _inputs(1, 2, 64, 64, torch.float16, 0, "cpu"), ValueError, "CUDA GPU"),
+])
+def test_bad_inputs_are_named(make, error, match):
+    with pytest.raises(error, match=match):
+        gf.attention_forward_gluon(*make())
+
+
+@needs_gluon
+def test_bad_variant_and_flag_are_named():
+    q, k, v = _inputs(1, 1, 16, 64, torch.float16, 0, "cpu")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        gf.attention_forward_gluon(q, k, v, variant="pingpong")
+    with pytest.raises(TypeError, match="is_causal must be a bool"):
+        gf.attention_forward_gluon(q, k, v, is_causal=1)
+
+
+@needs_gluon
+def test_usable_and_the_default_forward_on_cpu():
+    """CPU tensors never suit the kernel, and flash_attention's "auto" keeps lesson 03's Triton kernel
+    under the interpreter (whose O it returns, the reference's up to fp32 rounding)."""
+    q, k, v = _inputs(1, 2, 40, 128, torch.float32, 3, "cpu")
+    assert not gf.usable(q.half(), k.half(), v.half())
+    assert not tb.gluon_by_default(q, k, v)
+    O = tb.flash_attention(q, k, v, is_causal=True)
+    assert torch.allclose(O, reference.attention(q, k, v, is_causal=True), atol=1e-5)
+    with pytest.raises(ValueError, match="forward must be one of"):
+        tb.flash_attention(q, k, v, forward="fast")
+    with pytest.raises(TypeError, match="query must have dtype"):  # the Gluon kernel's own check
+        tb.flash_attention(q, k, v, forward="gluon")
+
+
+def _has_cuobjdump() -> bool:
+    import triton
+
+    return (pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists()
+
+
+def _compile(d, causal, config=None):
+    """tools/gluon_forward_compile.py in a fresh process (the tests run triton in interpreter mode)."""
+    args = [sys.executable, str(ROOT / "tools" / "gluon_forward_compile.py"), "--variants", "ws", "--dims", str(d),
+            "--causal", str(int(causal)), "--json"] + (["--config", config] if config else [])
+    out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, out.stdout + out.stderr
+    return json.loads(lines[0])
+
+
+@needs_gluon
+@pytest.mark.skipif(kernels.device.HAS_TRITON and not _has_cuobjdump(), reason="this triton wheel ships no cuobjdump")
+@pytest.mark.parametrize("d,causal", [(64, False), (128, True)])
+def test_ws_kernel_compiles_for_sm90_without_spills(d, causal):
+    """The tuned "ws" tiles compiled for the H100 offline: no stack (spills), a 1-warp producer and a
+    4-warp consumer partition beside the default one, register reallocation (setmaxnreg) and wgmma."""
+    r = _compile(d, causal)
+    assert r["stack"] == 0, r
+    assert r["ws"] == "default+workers[1,4] warps", r
+    assert r["hgmma"] > 0 and r["setmaxnreg"] > 0, r
+    assert r["shared"] <= 227 * 1024, r
+
+
+@needs_gluon
+@pytest.mark.skipif(kernels.device.HAS_TRITON and not _has_cuobjdump(), reason="this triton wheel ships no cuobjdump")
+def test_spill_check_rejects_a_tile_that_spills():
+    """The check above can fail: 128 query rows per consumer warpgroup with 128-key tiles hold S_j,
+    P_{j-1} and O at once (128 + 64 + 64 registers per thread and more) and spill."""
+    r = _compile(64, False, "128,128,2")
+    assert r["stack"] > 0, r
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+def _assert_matches(q, k, v, causal, O, L, factor=2.0):
+    want_O, want_L = reference.ground_truth(q, k, v, is_causal=causal, return_lse=True)
+    naive_O, naive_L = reference.attention(q, k, v, is_causal=causal, return_lse=True)
+    assert O.dtype == q.dtype and O.shape == q.shape and L.dtype == torch.float32 and L.shape == q.shape[:3]
+    for name, got, want, naive in (("O", O, want_O, naive_O), ("L", L, want_L, naive_L)):
+        err, tol = float((got.double() - want).abs().max()), tolerance(want, naive, q.dtype, factor)
+        assert err <= tol, f"{name}: max error {err:.3g} > tolerance {tol:.3g}"
+
+
+@pytest.mark.gpu
+@needs_gluon
+@pytest.mark.parametrize("variant", ["ws", "overlap"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("N", [1, 17, 128, 1000, 4096])
+def test_matches_reference_gpu(N, d, causal, dtype, variant):
+    """Every length class: one row, shorter than a tile, one tile, ragged, many tiles (the ring wraps)."""
+    q, k, v = _inputs(2, 3, N, d, dtype, seed=N * 1000 + d)
+    O, L = gf.attention_forward_gluon(q, k, v, is_causal=causal, variant=variant)
+    _assert_matches(q, k, v, causal, O, L)
+
+
+@pytest.mark.gpu
+@needs_gluon
+def test_default_forward_and_gradients_gpu():
+    """flash_attention runs the Gluon kernel at d = 128 on Hopper ("auto"), the Triton kernel at d = 64;
+    gradients through either forward match float64 autograd."""
+    for d, want in ((128, gf.usable), (64, lambda *a: False)):
+        q, k, v = _inputs(1, 4, 1000, d, torch.float16, seed=d)
+        assert tb.gluon_by_default(q, k, v) == bool(want(q, k, v))
+    q, k, v = (t.requires_grad_() for t in _inputs(1, 4, 1000, 128, torch.float16, seed=7))
+    dO = torch.randn_like(q)
+    up = lambda t: t.detach().double()
+    want = reference.attention_backward(up(q), up(k), up(v), up(dO), is_causal=True)
+    naive = reference.attention_backward(*(t.detach() for t in (q, k, v, dO)), is_causal=True)
+    for forward in ("gluon", "auto"):
+        O = tb.flash_attention(q, k, v, is_causal=True, forward=forward)
+        grads = torch.autograd.grad(O, (q, k, v), dO)
+        for name, g, w, n in zip(("dQ", "dK", "dV"), grads, want, naive):
+            err, tol = float((g.double() - w).abs().max()), tolerance(w, n, q.dtype, 3.0)
+            assert err <= tol, f"{forward} {name}: max error {err:.3g} > tolerance {tol:.3g}"
