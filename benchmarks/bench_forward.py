@@ -32,6 +32,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from kernels import reference  # noqa: E402
 from kernels.grading.core import tolerance  # noqa: E402
+from kernels.triton_forward import GPU_CONFIGS  # noqa: E402
 
 CASES = [(64, 32), (128, 16)]  # (d, H)
 BATCH = 4
@@ -163,6 +164,8 @@ def precompile(jobs, workers=None):
 
 # ---------------------------------------------------------------------------------------------
 SWEEPS = {
+    # the autotuner's own lists (kernels.triton_forward.GPU_CONFIGS, TMA): is its pick the best one?
+    "tuned": {d: [(*c[:4], True, *c[4:]) for c in GPU_CONFIGS[d]] for d in (64, 128)},
     # first pass (N=8192): tile shapes, warps, stages, pointers vs TMA
     "wide": {
         64: [(128, 64, 4, 2, True), (128, 64, 4, 3, True), (128, 64, 4, 4, True), (128, 128, 4, 2, True),
@@ -233,8 +236,14 @@ def sweep(args):
                     rows.append(dict(N=N, d=d, H=H, causal=causal, tma=tma, exp2_f16x2=step is not None, **cfg, ms=ms, tflops=tfl,
                                      err=err, tol=tol, ok=err <= tol, flash=base["sdpa_flash"],
                                      cudnn=base["sdpa_cudnn"]))
-                best = sorted((r for r in rows if r["N"] == N and r["d"] == d and r["causal"] == causal),
-                              key=lambda r: -r["tflops"])
+                ms = bench_ms(lambda: tf.attention_forward(q, k, v, is_causal=causal))  # autotuned
+                picked = {str(key): str(c) for key, c in tf._autotuned_kernel(d, q.dtype).cache.items()
+                          if key[0] == tf._n_key(N) and key[2] == causal}
+                rows.append(dict(N=N, d=d, H=H, causal=causal, autotuned=True, picked=picked,
+                                 tflops=flops(BATCH, H, N, d, causal) / ms / 1e9))
+                print(f"  autotuned attention_forward: {rows[-1]['tflops']:.1f} TFLOP/s, picked {picked}", flush=True)
+                best = sorted((r for r in rows if r["N"] == N and r["d"] == d and r["causal"] == causal
+                               and not r.get("autotuned")), key=lambda r: -r["tflops"])
                 print(f"\nN={N} d={d} causal={causal}: flash {base['sdpa_flash']:.0f}, cudnn {base['sdpa_cudnn']:.0f} TFLOP/s")
                 for r in best[:12]:
                     print(f"  {r['BLOCK_M']:>3} {r['BLOCK_N']:>3} w{r['num_warps']} s{r['num_stages']} tma={int(r['tma'])}"
