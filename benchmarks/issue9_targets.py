@@ -26,11 +26,21 @@ TARGETS = [
     ("Gluon fwd >= 1.4x SDPA flash, d=64", "gluon", "sdpa-flash", "fwd", (64,), 1.4),
     ("Gluon fwd >= 1.05x FlexAttention", "gluon", "flex", "fwd", (64, 128), 1.05),
     ("Gluon fwd >= 0.9x SDPA cuDNN, d=128", "gluon", "sdpa-cudnn", "fwd", (128,), 0.9),
+    # and for the forward flash_attention runs by default: Gluon at d = 128, Triton elsewhere
+    ("default fwd >= 1.5x SDPA flash, d=128", "default", "sdpa-flash", "fwd", (128,), 1.5),
+    ("default fwd >= 1.4x SDPA flash, d=64", "default", "sdpa-flash", "fwd", (64,), 1.4),
+    ("default fwd >= 1.05x FlexAttention", "default", "flex", "fwd", (64, 128), 1.05),
+    ("default fwd >= 0.9x SDPA cuDNN, d=128", "default", "sdpa-cudnn", "fwd", (128,), 0.9),
     ("Triton bwd >= 1.2x SDPA flash", "triton", "sdpa-flash", "bwd", (64, 128), 1.2),
     ("Triton bwd >= 1.0x FlexAttention", "triton", "flex", "bwd", (64, 128), 1.0),
     ("best CUDA fwd >= 0.9x SDPA flash", "cuda-v3", "sdpa-flash", "fwd", (64, 128), 0.9),
     ("CUDA bwd >= 0.5x SDPA flash", "cuda-v3", "sdpa-flash", "bwd", (64, 128), 0.5),
 ]
+
+
+#: The provider whose forward kernels.triton_backward.flash_attention(forward="auto") runs, per head dim
+#: (kernels.gluon_forward.DEFAULT_HEAD_DIMS; tests/test_issue9_targets.py keeps the two in step).
+DEFAULT_FORWARD = {64: "triton", 128: "gluon"}
 
 
 def speed_table(results):
@@ -39,6 +49,9 @@ def speed_table(results):
     for r in results:
         if r.get("sweep") == "speed" and r.get("tflops"):
             out[(r["provider"], r["dtype"], r["direction"], r["d"], bool(r["causal"]), r["N"])] = r["tflops"]
+    for (p, dtype, direction, d, causal, N), t in list(out.items()):  # the default forward's rows
+        if direction == "fwd" and DEFAULT_FORWARD.get(d) == p:
+            out[("default", dtype, direction, d, causal, N)] = t
     return out
 
 

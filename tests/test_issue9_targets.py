@@ -4,6 +4,8 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("issue9_targets", ROOT / "benchmarks" / "issue9_targets.py")
 targets = importlib.util.module_from_spec(spec)
@@ -47,3 +49,18 @@ def test_recorded_run_parses(capsys):
     assert path.exists(), "the recorded H100 benchmark run is part of the repository"
     assert targets.main(str(path)) == 0
     assert "H100" in capsys.readouterr().out
+
+
+def test_default_forward_is_the_one_flash_attention_runs():
+    """issue9_targets' "default" rows take the Gluon provider at the head dims where flash_attention
+    runs the Gluon kernel, and the Triton provider elsewhere."""
+    gf = pytest.importorskip("kernels.gluon_forward")
+    for d, provider in targets.DEFAULT_FORWARD.items():
+        assert (provider == "gluon") == (d in gf.DEFAULT_HEAD_DIMS), (d, provider)
+
+
+def test_default_rows_follow_the_head_dim(tmp_path, capsys):
+    out = run(tmp_path, [rec("triton", 330.0), rec("gluon", 310.0), rec("sdpa-flash", 200.0),
+                         rec("triton", 270.0, d=64), rec("gluon", 300.0, d=64), rec("sdpa-flash", 200.0, d=64)], capsys)
+    assert "default fwd >= 1.5x SDPA flash, d=128: met at 1 of 1 shapes (lowest 1.550x)" in out  # gluon's 310
+    assert "default fwd >= 1.4x SDPA flash, d=64: met at 0 of 1 shapes (lowest 1.350x)" in out  # triton's 270
