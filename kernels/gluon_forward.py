@@ -95,7 +95,7 @@ except ImportError as exc:  # older triton (< 3.5) has no Gluon, or a Hopper par
         f"this triton ({getattr(triton, '__version__', '?')}) lacks it: {exc}"
     ) from exc
 
-__all__ = ["attention_forward_gluon", "usable", "CONFIGS", "VARIANTS", "SUPPORTED_HEAD_DIMS", "DEFAULT_HEAD_DIMS",
+__all__ = ["attention_forward_gluon", "usable", "resolve_config", "CONFIGS", "VARIANTS", "SUPPORTED_HEAD_DIMS", "DEFAULT_HEAD_DIMS",
            "make_descriptors", "attention_forward_kernel"]
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x · log2(e))
@@ -379,7 +379,7 @@ def attention_forward_kernel(
 ):
     """Grid (ceil(N / (NUM_WG·B_r)), B·H). "overlap" (WS=False): num_warps = 4·NUM_WG, one tile of
     NUM_WG·B_r rows. "ws" (WS=True): num_warps = 4 (consumer warpgroup 0, the default partition),
-    plus a 1-warp producer partition and, with NUM_WG = 2, a second 4-warp consumer partition."""
+    plus a 1-warp producer partition and a second 4-warp consumer partition (NUM_WG = 2)."""
     ROWS: gl.constexpr = NUM_WG * BLOCK_M
     n_tiles = (N + ROWS - 1) // ROWS
     pid = gl.program_id(0)
@@ -414,26 +414,18 @@ def attention_forward_kernel(
         fence_async_shared()  # barrier inits visible to the async proxy before any TMA uses them
         # every block any consumer warpgroup needs: the last (lowest) warpgroup's range is the longest
         _, n_loaded = _kv_blocks(row0 + (NUM_WG - 1) * BLOCK_M, N, BLOCK_M, BLOCK_N, IS_CAUSAL)
-        if NUM_WG == 1:
-            gl.warp_specialize([
-                (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
-                             k_ready, v_ready, k_empty, v_empty, bh, row0, N, qk_scale, n_loaded,
-                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True)),
-                (_producer, (q_desc, k_desc, v_desc, q_smem, q_bars, k_ring, v_ring, k_ready, v_ready, k_empty,
-                             v_empty, bh, row0, n_loaded, BLOCK_M, BLOCK_N, STAGES, NUM_WG)),
-            ], [1], [LOADER_REGS])
-        else:
-            gl.static_assert(NUM_WG == 2, "ws supports one or two consumer warpgroups")
-            gl.warp_specialize([
-                (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
-                             k_ready, v_ready, k_empty, v_empty, bh, row0, N, qk_scale, n_loaded,
-                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True)),
-                (_producer, (q_desc, k_desc, v_desc, q_smem, q_bars, k_ring, v_ring, k_ready, v_ready, k_empty,
-                             v_empty, bh, row0, n_loaded, BLOCK_M, BLOCK_N, STAGES, NUM_WG)),
-                (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(1), q_bars.index(1), k_ring, v_ring,
-                             k_ready, v_ready, k_empty, v_empty, bh, row0 + BLOCK_M, N, qk_scale, n_loaded,
-                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True)),
-            ], [1, 4], [LOADER_REGS, CONSUMER_REGS])
+        # one consumer warpgroup with its own producer measured 0.7-0.8x of two (gluon_forward_sweep_h100.json)
+        gl.static_assert(NUM_WG == 2, "ws runs two consumer warpgroups")
+        gl.warp_specialize([
+            (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
+                         k_ready, v_ready, k_empty, v_empty, bh, row0, N, qk_scale, n_loaded,
+                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, q_bars, k_ring, v_ring, k_ready, v_ready, k_empty,
+                         v_empty, bh, row0, n_loaded, BLOCK_M, BLOCK_N, STAGES, NUM_WG)),
+            (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(1), q_bars.index(1), k_ring, v_ring,
+                         k_ready, v_ready, k_empty, v_empty, bh, row0 + BLOCK_M, N, qk_scale, n_loaded,
+                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True)),
+        ], [1, 4], [LOADER_REGS, CONSUMER_REGS])
     else:
         # one tile of ROWS rows computed by all 4·NUM_WG warps, which also issue the copies
         q_smem = gl.allocate_shared_memory(dtype, [1, ROWS, HEAD_DIM], q_desc.layout)
@@ -482,6 +474,26 @@ def _check(q, k, v, is_causal, scale, variant):
                          f"{torch.cuda.get_device_capability(q.device)}")
 
 
+def resolve_config(d: int, variant: str, config: dict | None = None) -> dict:
+    """CONFIGS[(d, variant)] with `config`'s entries on top, checked: tile sizes powers of two the wgmma
+    shapes allow, at least one stage, and two consumer warpgroups for "ws"."""
+    cfg = dict(CONFIGS[(d, variant)], **(config or {}))
+    unknown = set(cfg) - {"BLOCK_M", "BLOCK_N", "STAGES", "NUM_WG", "LOADER_REGS", "CONSUMER_REGS"}
+    if unknown:
+        raise ValueError(f"config has unknown keys {sorted(unknown)}")
+    for name, lo in (("BLOCK_M", 64), ("BLOCK_N", 16)):
+        b = cfg[name]
+        if not isinstance(b, int) or b < lo or b & (b - 1):
+            raise ValueError(f"config {name} must be a power of two >= {lo}, got {b!r}")
+    if not isinstance(cfg["STAGES"], int) or cfg["STAGES"] < 1:
+        raise ValueError(f"config STAGES must be an int >= 1, got {cfg['STAGES']!r}")
+    if variant == "ws" and cfg["NUM_WG"] != 2:
+        raise ValueError(f"config NUM_WG must be 2 for variant 'ws' (two consumer warpgroups), got {cfg['NUM_WG']}")
+    if variant == "overlap" and cfg["NUM_WG"] not in (1, 2):
+        raise ValueError(f"config NUM_WG must be 1 or 2 for variant 'overlap', got {cfg['NUM_WG']}")
+    return cfg
+
+
 def usable(q, k, v, head_dims=SUPPORTED_HEAD_DIMS) -> bool:
     """Whether the kernel takes these inputs as they are (no error, no copy): a Hopper GPU, contiguous
     16-byte aligned fp16/bf16 (B, H, N, d) tensors of one dtype, N_q == N_k >= 1, d in head_dims."""
@@ -519,9 +531,7 @@ def attention_forward_gluon(q, k, v, *, is_causal=False, scale=None, variant="ws
     """
     _check(q, k, v, is_causal, scale, variant)
     B, H, N, d = q.shape
-    cfg = dict(CONFIGS[(d, variant)])
-    if config:
-        cfg.update(config)
+    cfg = resolve_config(d, variant, config)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     ws = variant == "ws"
     O = torch.empty_like(q)

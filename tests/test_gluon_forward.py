@@ -64,6 +64,21 @@ def test_bad_variant_and_flag_are_named():
 
 
 @needs_gluon
+@pytest.mark.parametrize("variant,config,match", [
+    ("ws", dict(NUM_WG=1), "NUM_WG must be 2"),
+    ("overlap", dict(NUM_WG=3), "NUM_WG must be 1 or 2"),
+    ("ws", dict(BLOCK_M=32), "BLOCK_M must be a power of two >= 64"),
+    ("ws", dict(BLOCK_N=96), "BLOCK_N must be a power of two"),
+    ("ws", dict(STAGES=0), "STAGES must be an int >= 1"),
+    ("ws", dict(WARPS=8), "unknown keys"),
+])
+def test_bad_configs_are_named(variant, config, match):
+    with pytest.raises(ValueError, match=match):
+        gf.resolve_config(128, variant, config)
+    assert gf.resolve_config(128, variant) == gf.CONFIGS[(128, variant)]
+
+
+@needs_gluon
 def test_usable_and_the_default_forward_on_cpu():
     """CPU tensors never suit the kernel, and flash_attention's "auto" keeps lesson 03's Triton kernel
     under the interpreter (whose O it returns, the reference's up to fp32 rounding)."""
