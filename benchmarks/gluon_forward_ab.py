@@ -14,9 +14,10 @@ Environment knobs (comma lists): GLUON_AB_VARIANTS (ws,overlap), GLUON_AB_DIMS (
 GLUON_AB_CAUSAL (0,1), GLUON_AB_N (4096,16384), GLUON_AB_REP_MS (do_bench rep, default 60).
 
     python benchmarks/gluon_forward_ab.py --sweep   # tile configs of "ws" (SWEEP below), $OUT/gluon_forward_sweep.json
+    python benchmarks/gluon_forward_ab.py --fence   # with and without the scheduling fence, $OUT/gluon_forward_fence_ab.json
 
-The sweep checks every config on the ragged length (all rows) and on the last rows of the timed
-shape, then times it at each N of GLUON_AB_N, causal and not; the Triton kernel is timed beside it.
+Both check every config on the ragged length (all rows) and on the last rows of the timed shape, then
+time it at each N of GLUON_AB_N, causal and not, beside the Triton kernel, SDPA flash and cuDNN.
 """
 from __future__ import annotations
 
@@ -190,51 +191,64 @@ def main() -> int:
     return 0
 
 
-#: "ws" tile configs to sweep per head dim: (B_r per warpgroup, B_c, stages, consumer warpgroups). The
-#: recorded sweep (results/gluon_forward_sweep_h100.json) also timed one consumer warpgroup (last field
-#: 1): 0.7-0.8x of two, since removed from the kernel.
+#: --sweep: "ws" tile configs per head dim (B_r per warpgroup, B_c, stages). The recorded sweep
+#: (results/gluon_forward_sweep_h100.json, made before the scheduling fence) also timed one consumer
+#: warpgroup: 0.7-0.8x of two, since removed from the kernel.
 SWEEP = {
-    64: [(64, 128, 3, 2), (64, 128, 4, 2), (64, 128, 2, 2), (64, 64, 4, 2), (128, 64, 3, 2), (128, 64, 4, 2)],
-    128: [(64, 128, 2, 2), (64, 64, 3, 2), (64, 64, 4, 2)],
+    64: [("ws", dict(BLOCK_M=m, BLOCK_N=n, STAGES=st)) for m, n, st in
+         ((64, 128, 3), (64, 128, 4), (64, 128, 2), (64, 64, 4), (128, 64, 3), (128, 64, 4))],
+    128: [("ws", dict(BLOCK_M=m, BLOCK_N=n, STAGES=st)) for m, n, st in ((64, 128, 2), (64, 64, 3), (64, 64, 4))],
 }
+#: --fence: each variant with and without the scheduling fence (kernels/gluon_forward.py, _step, step 5)
+FENCE_AB = {d: [(variant, dict(FENCE=fence)) for variant in ("ws", "overlap") for fence in (True, False)]
+            for d in (64, 128)}
 
 
-def sweep() -> int:
+def sweep(cases: dict, name: str) -> int:
+    """Each (variant, config) of cases[d]: checked on the ragged length (all rows) and on the last rows of
+    every timed shape, then timed beside the Triton kernel, SDPA flash and cuDNN on the same inputs."""
     torch.manual_seed(0)
     dev = torch.cuda.get_device_name()
-    print(f"{dev}; torch {torch.__version__}, triton {triton.__version__}; fp16; ws config sweep", flush=True)
-    t_start, rows_out = time.time(), []
+    print(f"{dev}; torch {torch.__version__}, triton {triton.__version__}; fp16; {name}", flush=True)
+    t_start, rows_out, ragged = time.time(), [], {}
     for d in DIMS:
         H, B = (32 if d == 64 else 16), 4
-        for cfg_t in SWEEP[d]:
-            cfg = dict(BLOCK_M=cfg_t[0], BLOCK_N=cfg_t[1], STAGES=cfg_t[2], NUM_WG=cfg_t[3])
-            for causal in CAUSAL:
-                rec = dict(d=d, causal=causal, config=cfg, tflops={}, triton={})
+        for causal in CAUSAL:
+            for variant, cfg in cases[d]:
+                key = (variant, json.dumps(cfg, sort_keys=True))
                 try:
                     q, k, v = (torch.randn(1, 2, 1000, d, device="cuda", dtype=torch.float16) for _ in range(3))
-                    ok, eo, el, tol = check("ws", d, causal, q, k, v, torch.arange(1000, device="cuda"), config=cfg)
-                    rec["ragged_ok"] = ok
-                    for N in LENGTHS if ok else []:
-                        q, k, v = (torch.randn(B, H, N, d, device="cuda", dtype=torch.float16) for _ in range(3))
-                        ok_n = check("ws", d, causal, q, k, v, torch.arange(N - SLICE, N, device="cuda"), head=H - 1,
-                                     config=cfg)[0]
-                        flops = 4 * B * H * N * N * d * (0.5 if causal else 1.0)
-                        if ok_n:
-                            rec["tflops"][N] = flops / bench(lambda: gf.attention_forward_gluon(
-                                q, k, v, is_causal=causal, config=cfg)) * 1e-9
-                        rec["triton"][N] = flops / bench(lambda: tf.attention_forward(q, k, v, is_causal=causal)) * 1e-9
-                        del q, k, v
+                    ragged[key] = check(variant, d, causal, q, k, v, torch.arange(1000, device="cuda"), config=cfg)[0]
                 except Exception:  # noqa: BLE001
-                    rec["error"] = "".join(traceback.format_exc().splitlines(True)[-4:])[-600:]
-                print(f"d={d:3d} causal={causal!s:5} cfg={cfg_t}: ragged ok={rec.get('ragged_ok')} "
-                      + "  ".join(f"N={n}: {t:6.1f} (triton {rec['triton'].get(n, float('nan')):6.1f})"
-                                  for n, t in rec["tflops"].items()) + (f"  ERROR {rec['error']}" if "error" in rec else ""),
-                      flush=True)
+                    print(f"{variant} {cfg} d={d} causal={causal} raised:\n" + traceback.format_exc()[-600:], flush=True)
+                    ragged[key] = False
+            for N in LENGTHS:
+                q, k, v = (torch.randn(B, H, N, d, device="cuda", dtype=torch.float16) for _ in range(3))
+                flops = 4 * B * H * N * N * d * (0.5 if causal else 1.0)
+                rec = dict(d=d, causal=causal, N=N, B=B, H=H, tflops={}, checks={})
+                for peer, fn in (("triton", lambda: tf.attention_forward(q, k, v, is_causal=causal)),
+                                 ("flash", lambda: _sdpa(SDPBackend.FLASH_ATTENTION, q, k, v, causal)),
+                                 ("cudnn", lambda: _sdpa(SDPBackend.CUDNN_ATTENTION, q, k, v, causal))):
+                    rec["tflops"][peer] = flops / bench(fn) * 1e-9
+                for variant, cfg in cases[d]:
+                    label = f"{variant} " + json.dumps(cfg, sort_keys=True)
+                    if not ragged[(variant, json.dumps(cfg, sort_keys=True))]:
+                        rec["checks"][label] = "ragged check failed"
+                        continue
+                    ok = check(variant, d, causal, q, k, v, torch.arange(N - SLICE, N, device="cuda"), head=H - 1,
+                               config=cfg)[0]
+                    rec["checks"][label] = "ok" if ok else "FAILED"
+                    if ok:
+                        rec["tflops"][label] = flops / bench(lambda: gf.attention_forward_gluon(
+                            q, k, v, is_causal=causal, variant=variant, config=cfg)) * 1e-9
+                print(f"d={d:3d} causal={causal!s:5} N={N:5d}: " + "  ".join(f"{k_}={t:6.1f}" for k_, t in rec["tflops"].items())
+                      + "".join(f"  [{k_}: {c}]" for k_, c in rec["checks"].items() if c != "ok"), flush=True)
                 rows_out.append(rec)
+                del q, k, v
     print(f"total wall time {time.time() - t_start:.0f} s")
     out = os.environ.get("OUT")
     if out:
-        path = pathlib.Path(out) / "gluon_forward_sweep.json"
+        path = pathlib.Path(out) / f"{name}.json"
         path.write_text(json.dumps(dict(device=dev, torch=torch.__version__, triton=triton.__version__,
                                         date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), rows=rows_out), indent=1))
         print(f"wrote {path}")
@@ -247,4 +261,8 @@ def _sdpa(backend, q, k, v, causal):
 
 
 if __name__ == "__main__":
-    sys.exit(sweep() if "--sweep" in sys.argv[1:] else main())
+    if "--sweep" in sys.argv[1:]:
+        sys.exit(sweep(SWEEP, "gluon_forward_sweep"))
+    if "--fence" in sys.argv[1:]:
+        sys.exit(sweep(FENCE_AB, "gluon_forward_fence_ab"))
+    sys.exit(main())

@@ -43,11 +43,14 @@ for FlashAttention-3's two ideas:
 
 What the compiled code really does (tools/gluon_forward_compile.py, column ex2_in_overlap): with
 triton 3.6's ptxas, the exponentials end up *after* the `wait 0` in the SASS, although the PTX has
-them between the two waits: ptxas sinks them next to their fp16 rounding, which overwrites the P
-registers the in-flight P·V wgmma reads, so the wait has to come first. The intra-warpgroup overlap
-(1) is therefore lost in the machine code; what remains is the overlap *between* warpgroups that (2)
-gives (while one consumer warpgroup is in its softmax the other can use the tensor cores) and the
-decoupled TMA producer. The GPU A/B (benchmarks/gluon_forward_ab.py) measures what that is worth.
+them between the two waits. The PTX wait names no registers, so ptxas may issue it as early as it
+likes, and it does: the wait unblocks the fp16 rounding of P̃_j, which reuses the registers the
+in-flight P·V wgmma reads. The intra-warpgroup overlap (1) is therefore lost in the machine code; what
+remains is the overlap *between* warpgroups that (2) gives and the decoupled TMA producer.
+`FENCE=True` restores (1): a wait on an mbarrier that has already completed, placed before the
+`wait 0`, never blocks but ends a basic block, and ptxas then keeps the whole softmax between the two
+waits. Measured on the H100 it does not pay (0.93-1.03x of the kernel without it), so it is off by
+default; the GPU A/Bs (benchmarks/gluon_forward_ab.py, --fence) hold both measurements.
 
 Variant "overlap" keeps (1) and drops (2): the computing warps issue the TMA copies themselves,
 refilling a slot as soon as the P·V product that read it has been waited for.
@@ -207,16 +210,18 @@ def _refill(k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, bh, j, n_total,
 
 
 @gluon.jit
-def _step(j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
+def _step(q_bar, j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
           k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty, bh,
           BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
           s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr,
-          MASK: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr, SYNC_WGS: gl.constexpr):
+          MASK: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr, SYNC_WGS: gl.constexpr,
+          FENCE: gl.constexpr):
     """One pipelined iteration j >= 1: S_j = Q K_jᵀ and O += P_{j-1} V_{j-1} in flight together,
     softmax of S_j while P_{j-1} V_{j-1} finishes, then O *= α_j.
 
     acc (B_r, d) fp32 is O rescaled to m_{j-1}, p_op (B_r, B_c) is P̃_{j-1} in the input dtype
-    (wgmma A-operand layout)."""
+    (wgmma A-operand layout). q_bar is the Q tile's mbarrier, whose only phase completed before the
+    loop: waiting on it again is a no-op that step 5 uses as a scheduling fence for ptxas."""
     slot = j % STAGES
     slot_prev = (j - 1) % STAGES
     # 1. S_j = Q K_jᵀ, async. K_j sits (B_c, d) in shared memory; the permuted view is K_jᵀ (d, B_c).
@@ -229,7 +234,7 @@ def _step(j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
     o_tok = warpgroup_mma(p_op, v_prev, acc, is_async=True)
     # 3. wait until at most one wgmma group (the P·V product) is outstanding: S_j is ready.
     s = warpgroup_mma_wait(num_outstanding=1, deps=[s_tok])
-    if WS:
+    if WS and not FENCE:
         mbarrier.arrive(k_empty.index(slot), count=1)  # K_j is no longer read: the producer may refill
     # 4. softmax of S_j on the FMA / MUFU pipes while the tensor cores finish P_{j-1} V_{j-1}
     p, m_new, l_i, alpha = _softmax_block(s, m_i, l_i, offs_m, j * BLOCK_N, N, qk_scale,
@@ -238,6 +243,21 @@ def _step(j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
     #    fp32 P̃_j goes through the wait as well: that pins its rounding to fp16/bf16 (which writes
     #    the registers the in-flight wgmma still reads) after the wait; otherwise the compiler
     #    hoists the rounding into the softmax and ptxas must hoist the wait with it (no overlap).
+    #    That alone is not enough: the PTX wait has no register operands (deps only order the LLVM
+    #    IR), so ptxas's scheduler is free to issue the `wait 0` as early as right after `wait 1`
+    #    (it does: the wait looks free and unblocks the fp16 rounding, which reuses P_{j-1}'s
+    #    registers), and the exponentials follow it. Hence the fence: a wait on q_bar, whose phase 0
+    #    completed before the loop, so it never blocks, but its try-wait loop ends a basic block, and
+    #    ptxas moves neither the softmax below that branch nor the wgmma wait above it
+    #    (tools/gluon_forward_compile.py --fence, ex2_in_overlap: 66 per step = 64 P̃ + 2 α, else 0).
+    #    Measured, the fence does not pay (results/gluon_forward_fence_ab_h100.json: "ws" 0.98-1.03x at
+    #    d = 64 and 0.93-1.02x at d = 128 of the kernel without it), so FENCE is off by default.
+    if FENCE:
+        mbarrier.wait(q_bar, 0)
+        if WS:
+            # K_j is no longer read: the producer may refill. After the fence, not right after step 3:
+            # an arrive just before the fence's mbarrier read makes Triton add a bar.sync between them
+            mbarrier.arrive(k_empty.index(slot), count=1)
     acc, p_op, p = warpgroup_mma_wait(num_outstanding=0, deps=[o_tok, p_op, p])
     if not WS:
         if SYNC_WGS:
@@ -256,7 +276,7 @@ def _step(j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
 def _consumer(q_desc, k_desc, v_desc, o_desc, L, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty,
               bh, row0, N, qk_scale, n_loaded,
               HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              WARPS: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr):
+              WARPS: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr, FENCE: gl.constexpr):
     """The compute of one query tile Q_i (rows [row0, row0 + BLOCK_M)) with WARPS warps.
 
     WS: K/V slots arrive from the producer partition and are handed back through k_empty / v_empty;
@@ -304,16 +324,16 @@ def _consumer(q_desc, k_desc, v_desc, o_desc, L, q_smem, q_bar, k_ring, v_ring, 
 
     # ---- blocks 1 .. n_full-1: no mask
     for j in range(1, n_full):
-        acc, m_i, l_i, p_op = _step(j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
+        acc, m_i, l_i, p_op = _step(q_bar, j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
                                     k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty, bh,
                                     BLOCK_N, HEAD_DIM, STAGES, s_layout, o_layout, p_layout,
-                                    False, IS_CAUSAL, WS, SYNC_WGS)
+                                    False, IS_CAUSAL, WS, SYNC_WGS, FENCE)
     # ---- the diagonal block(s) and the last partial block: masked
     for j in range(gl.maximum(n_full, 1), n_total):
-        acc, m_i, l_i, p_op = _step(j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
+        acc, m_i, l_i, p_op = _step(q_bar, j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
                                     k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty, bh,
                                     BLOCK_N, HEAD_DIM, STAGES, s_layout, o_layout, p_layout,
-                                    True, IS_CAUSAL, WS, SYNC_WGS)
+                                    True, IS_CAUSAL, WS, SYNC_WGS, FENCE)
 
     # ---- pipeline epilogue: the last P·V product
     j_last = n_total - 1
@@ -375,7 +395,7 @@ def attention_forward_kernel(
     qk_scale,  # scale · log2(e)
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     NUM_WG: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr,
-    LOADER_REGS: gl.constexpr = 24, CONSUMER_REGS: gl.constexpr = 240,
+    LOADER_REGS: gl.constexpr = 24, CONSUMER_REGS: gl.constexpr = 240, FENCE: gl.constexpr = False,
 ):
     """Grid (ceil(N / (NUM_WG·B_r)), B·H). "overlap" (WS=False): num_warps = 4·NUM_WG, one tile of
     NUM_WG·B_r rows. "ws" (WS=True): num_warps = 4 (consumer warpgroup 0, the default partition),
@@ -419,12 +439,12 @@ def attention_forward_kernel(
         gl.warp_specialize([
             (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
                          k_ready, v_ready, k_empty, v_empty, bh, row0, N, qk_scale, n_loaded,
-                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True)),
+                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True, FENCE)),
             (_producer, (q_desc, k_desc, v_desc, q_smem, q_bars, k_ring, v_ring, k_ready, v_ready, k_empty,
                          v_empty, bh, row0, n_loaded, BLOCK_M, BLOCK_N, STAGES, NUM_WG)),
             (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(1), q_bars.index(1), k_ring, v_ring,
                          k_ready, v_ready, k_empty, v_empty, bh, row0 + BLOCK_M, N, qk_scale, n_loaded,
-                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True)),
+                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True, FENCE)),
         ], [1, 4], [LOADER_REGS, CONSUMER_REGS])
     else:
         # one tile of ROWS rows computed by all 4·NUM_WG warps, which also issue the copies
@@ -436,7 +456,7 @@ def attention_forward_kernel(
         _tma_load(q_desc, [bh, row0, 0], q_bar, q_smem)
         _consumer(q_desc, k_desc, v_desc, o_desc, L, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
                   k_empty, v_empty, bh, row0, N, qk_scale, 0,
-                  HEAD_DIM, ROWS, BLOCK_N, STAGES, 4 * NUM_WG, IS_CAUSAL, False)
+                  HEAD_DIM, ROWS, BLOCK_N, STAGES, 4 * NUM_WG, IS_CAUSAL, False, FENCE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -478,7 +498,7 @@ def resolve_config(d: int, variant: str, config: dict | None = None) -> dict:
     """CONFIGS[(d, variant)] with `config`'s entries on top, checked: tile sizes powers of two the wgmma
     shapes allow, at least one stage, and two consumer warpgroups for "ws"."""
     cfg = dict(CONFIGS[(d, variant)], **(config or {}))
-    unknown = set(cfg) - {"BLOCK_M", "BLOCK_N", "STAGES", "NUM_WG", "LOADER_REGS", "CONSUMER_REGS"}
+    unknown = set(cfg) - {"BLOCK_M", "BLOCK_N", "STAGES", "NUM_WG", "LOADER_REGS", "CONSUMER_REGS", "FENCE"}
     if unknown:
         raise ValueError(f"config has unknown keys {sorted(unknown)}")
     for name, lo in (("BLOCK_M", 64), ("BLOCK_N", 16)):
@@ -543,6 +563,7 @@ def attention_forward_gluon(q, k, v, *, is_causal=False, scale=None, variant="ws
     attention_forward_kernel[grid](
         q_desc, k_desc, v_desc, o_desc, L, N, scale * LOG2E,
         HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], STAGES=cfg["STAGES"], NUM_WG=cfg["NUM_WG"],
-        IS_CAUSAL=bool(is_causal), WS=ws, num_warps=4 if ws else 4 * cfg["NUM_WG"], **extra,
+        IS_CAUSAL=bool(is_causal), WS=ws, FENCE=bool(cfg.get("FENCE", False)), num_warps=4 if ws else 4 * cfg["NUM_WG"],
+        **extra,
     )
     return O, L

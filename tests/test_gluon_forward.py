@@ -99,10 +99,10 @@ def _has_cuobjdump() -> bool:
     return (pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists()
 
 
-def _compile(d, causal, config=None):
+def _compile(d, causal, config=None, fence=False):
     """tools/gluon_forward_compile.py in a fresh process (the tests run triton in interpreter mode)."""
     args = [sys.executable, str(ROOT / "tools" / "gluon_forward_compile.py"), "--variants", "ws", "--dims", str(d),
-            "--causal", str(int(causal)), "--json"] + (["--config", config] if config else [])
+            "--causal", str(int(causal)), "--json"] + (["--config", config] if config else []) + (["--fence"] if fence else [])
     out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, out.stdout + out.stderr
@@ -131,6 +131,18 @@ def test_spill_check_rejects_a_tile_that_spills():
     assert r["stack"] > 0, r
 
 
+@needs_gluon
+@pytest.mark.skipif(kernels.device.HAS_TRITON and not _has_cuobjdump(), reason="this triton wheel ships no cuobjdump")
+def test_fence_keeps_the_softmax_between_the_two_waits():
+    """What ptxas makes of the loop at d = 64: without the scheduling fence no exponential sits between
+    the "one wgmma in flight" wait and the full wait (the intra-warpgroup overlap is lost); with it,
+    every exponential of the step does (64 for P̃ plus 2 for α, per consumer loop body)."""
+    plain, fenced = _compile(64, False), _compile(64, False, fence=True)
+    assert set(plain["overlap_ex2"].split("/")) == {"0"}, plain["overlap_ex2"]
+    assert all(int(n) >= 64 for n in fenced["overlap_ex2"].split("/")), fenced["overlap_ex2"]
+    assert fenced["stack"] == 0
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 def _assert_matches(q, k, v, causal, O, L, factor=2.0):
     want_O, want_L = reference.ground_truth(q, k, v, is_causal=causal, return_lse=True)
@@ -143,7 +155,7 @@ def _assert_matches(q, k, v, causal, O, L, factor=2.0):
 
 @pytest.mark.gpu
 @needs_gluon
-@pytest.mark.parametrize("variant", ["ws", "overlap"])
+@pytest.mark.parametrize("variant", ["ws", "overlap", "ws+fence"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("d", [64, 128])
@@ -151,7 +163,8 @@ def _assert_matches(q, k, v, causal, O, L, factor=2.0):
 def test_matches_reference_gpu(N, d, causal, dtype, variant):
     """Every length class: one row, shorter than a tile, one tile, ragged, many tiles (the ring wraps)."""
     q, k, v = _inputs(2, 3, N, d, dtype, seed=N * 1000 + d)
-    O, L = gf.attention_forward_gluon(q, k, v, is_causal=causal, variant=variant)
+    config = dict(FENCE=True) if variant.endswith("+fence") else None
+    O, L = gf.attention_forward_gluon(q, k, v, is_causal=causal, variant=variant.split("+")[0], config=config)
     _assert_matches(q, k, v, causal, O, L)
 
 

@@ -21,7 +21,8 @@ same strings the launcher derives from a host TensorDescriptor.
 
     cd /work/main && PYTHONPATH=. TRITON_INTERPRET=0 python tools/gluon_forward_compile.py
         [--variants ws,overlap] [--dims 64,128] [--causal 0,1] [--dtype fp16]
-        [--config B_r,B_c,stages] [--json]      (a tile other than CONFIGS'; one JSON line per case)
+        [--config B_r,B_c,stages] [--json] [--fence]   (a tile other than CONFIGS'; one JSON line per
+        case; with the scheduling fence of _step)
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def signature(d: int, variant: str, causal: bool, dtype: str, cfg: dict) -> tupl
     kv_sig = f"tensordesc<{dtype}[1, {cfg['BLOCK_N']}, {d}],{kv_layout!r}>"
     consts = dict(HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], STAGES=cfg["STAGES"],
                   NUM_WG=cfg["NUM_WG"], IS_CAUSAL=causal, WS=ws,
-                  LOADER_REGS=cfg.get("LOADER_REGS", 24), CONSUMER_REGS=cfg.get("CONSUMER_REGS", 240))
+                  LOADER_REGS=cfg.get("LOADER_REGS", 24), CONSUMER_REGS=cfg.get("CONSUMER_REGS", 240),
+                  FENCE=bool(cfg.get("FENCE", False)))
     sig = dict(q_desc=q_sig, k_desc=kv_sig, v_desc=kv_sig, o_desc=q_sig, L="*fp32", N="i32", qk_scale="fp32")
     sig.update({k: "constexpr" for k in consts})
     options = dict(num_warps=4 if ws else 4 * cfg["NUM_WG"])
@@ -135,11 +137,14 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16"))
     p.add_argument("--config", default=None, help="B_r,B_c,stages instead of CONFIGS' tile")
     p.add_argument("--json", action="store_true", help="print each case as one JSON line")
+    p.add_argument("--fence", action="store_true", help="compile with the scheduling fence (FENCE=True)")
     a = p.parse_args(argv)
     cfg = None
     if a.config:
         m, n, st = (int(x) for x in a.config.split(","))
         cfg = dict(BLOCK_M=m, BLOCK_N=n, STAGES=st)
+    if a.fence:
+        cfg = dict(cfg or {}, FENCE=True)
     print(f"triton {triton.__version__}, Gluon forward, sm_90 (GPUTarget('cuda', 90, 32)), offline compile")
     bad = 0
     for variant in a.variants.split(","):
