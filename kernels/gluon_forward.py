@@ -25,18 +25,18 @@ for FlashAttention-3's two ideas:
 
 2. Producer / consumer warp specialisation (variant "ws"). `gl.warp_specialize` splits the CTA into
    partitions that run different code: a 1-warp *producer* that only issues TMA copies of K_j and
-   V_j into a ring of STAGES shared-memory slots, and one or two *consumer* warpgroups that only
+   V_j into a ring of STAGES shared-memory slots, and two *consumer* warpgroups that only
    compute. They talk through mbarriers, two per slot and direction:
 
        k_ready[s] / v_ready[s]   producer → consumers: "the TMA bytes of K_j / V_j have landed"
                                  (mbarrier.expect sets the byte count; the TMA engine completes it)
        k_empty[s] / v_empty[s]   consumers → producer: "every warpgroup is done reading slot s"
-                                 (one arrive per consumer warpgroup, after its wgmma wait)
+                                 (one arrive per consumer warpgroup, once its wgmma has read it)
 
    A barrier's phase bit flips each time it completes, so the j-th use of slot s = j mod STAGES waits
    for phase (j div STAGES) mod 2; the producer waits on the *empty* barriers with the opposite
-   parity, which lets its first pass through the ring go through without waiting. With two consumer
-   warpgroups, each owns its own B_r query rows and runs its own loop on the shared K/V stream: when
+   parity, which lets its first pass through the ring go through without waiting. Each consumer
+   warpgroup owns its own B_r query rows and runs its own loop on the shared K/V stream: when
    one is in its softmax the other can be in its matmuls (the effect FA3's "ping-pong" schedule
    forces with named barriers; here it is left to the warp schedulers). The producer needs almost no
    registers, so the consumers can be given more (`worker_num_regs`, setmaxnreg).
