@@ -15,6 +15,8 @@ GLUON_AB_CAUSAL (0,1), GLUON_AB_N (4096,16384), GLUON_AB_REP_MS (do_bench rep, d
 
     python benchmarks/gluon_forward_ab.py --sweep   # tile configs of "ws" (SWEEP below), $OUT/gluon_forward_sweep.json
     python benchmarks/gluon_forward_ab.py --fence   # with and without the scheduling fence, $OUT/gluon_forward_fence_ab.json
+    ncu --kernel-name regex:attention_forward_kernel --section ComputeWorkloadAnalysis ... \
+        python benchmarks/gluon_forward_ab.py --ncu-driver   # two calls of each kernel at N = 8192, nothing else
 
 Both check every config on the ragged length (all rows) and on the last rows of the timed shape, then
 time it at each N of GLUON_AB_N, causal and not, beside the Triton kernel, SDPA flash and cuDNN.
@@ -255,6 +257,19 @@ def sweep(cases: dict, name: str) -> int:
     return 0
 
 
+def ncu_driver() -> int:
+    """For Nsight Compute: the Gluon kernel ("ws") at d = 64 and 128 and the Triton kernel at d = 64 (its
+    tuned 128 x 128, 4-warp, 3-stage tile, no autotuning), non-causal, N = 8192, two calls each."""
+    for d, H in ((64, 32), (128, 16)):
+        q, k, v = (torch.randn(4, H, 8192, d, device="cuda", dtype=torch.float16) for _ in range(3))
+        for _ in range(2):
+            gf.attention_forward_gluon(q, k, v)
+            if d == 64:
+                tf.launch(q, k, v, config=dict(BLOCK_M=128, BLOCK_N=128, num_warps=4, num_stages=3, Q_BLOCKS=1))
+    torch.cuda.synchronize()
+    return 0
+
+
 def _sdpa(backend, q, k, v, causal):
     with sdpa_kernel(backend):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -263,6 +278,8 @@ def _sdpa(backend, q, k, v, causal):
 if __name__ == "__main__":
     if "--sweep" in sys.argv[1:]:
         sys.exit(sweep(SWEEP, "gluon_forward_sweep"))
+    if "--ncu-driver" in sys.argv[1:]:
+        sys.exit(ncu_driver())
     if "--fence" in sys.argv[1:]:
         sys.exit(sweep(FENCE_AB, "gluon_forward_fence_ab"))
     sys.exit(main())
