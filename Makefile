@@ -27,14 +27,16 @@ lab: $(VENV)/.install-stamp
 test: $(VENV)/.install-stamp
 	$(BIN)/python -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile tests
 	KERNELS_STRICT_CHECKS=1 $(BIN)/python -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile \
-	    --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider lessons solutions
+	    --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --nbval-kernel-startup-timeout=300 \
+	    -p no:cacheprovider lessons solutions
 
 test-fast: $(VENV)/.install-stamp
 	$(BIN)/python -m pytest -ra -n $(PYTEST_WORKERS) tests
 
 test-notebooks: $(VENV)/.install-stamp
 	KERNELS_STRICT_CHECKS=1 $(BIN)/python -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile \
-	    --nbval-lax --nbval-current-env --nbval-cell-timeout=900 lessons solutions
+	    --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --nbval-kernel-startup-timeout=300 \
+	    lessons solutions
 
 # Regenerate lessons/ from solutions/ after editing a solution notebook.
 notebooks: $(VENV)/.install-stamp

@@ -28,7 +28,7 @@ if [ "$mode" = tests ] || [ "$mode" = all ]; then
 fi
 if [ "$mode" = notebooks ] || [ "$mode" = all ]; then
   paths=${*:-solutions}
-  KERNELS_STRICT_CHECKS=1 python3 -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
+  KERNELS_STRICT_CHECKS=1 python3 -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=600 --nbval-kernel-startup-timeout=300 \
     -p no:cacheprovider $paths 2>&1 | tee "$OUT/gpu_notebooks.log"
   status=$(( status | ${PIPESTATUS[0]} ))
 fi
