@@ -29,10 +29,12 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import tempfile
 
-__all__ = ["KERNELS", "TritonResources", "resource_report", "tuned_reports"]
+__all__ = ["KERNELS", "TritonResources", "resource_report", "tuned_reports", "read_cubin"]
 
 #: The kernels that can be reported: name -> (module, function). Block sizes: forward B_r query rows
 #: per program and B_c keys per step; dK/dV B_r queries per step and B_c keys per program; dQ B_r
@@ -177,10 +179,32 @@ def _cuobjdump() -> str:
     return str(path)
 
 
+#: one SASS instruction in `cuobjdump -sass` output: its offset comment (4 hex digits, more past 64 KiB
+#: of code), an optional predicate, the opcode and its operands
+_SASS_OP = re.compile(r"/\*[0-9a-f]{4,6}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)([^;]*)")
+
+
+def read_cubin(cubin: bytes, sass: bool = False) -> dict:
+    """What ptxas decided for a compiled kernel: registers and stack bytes per thread (cuobjdump
+    --dump-resource-usage) and, with sass=True, its SASS instructions as (opcode, operands) pairs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", str(path)], capture_output=True,
+                               text=True, check=True).stdout
+        listing = subprocess.run([_cuobjdump(), "-sass", str(path)], capture_output=True, text=True,
+                                 check=True).stdout if sass else ""
+    regs, stack = re.search(r"REG:(\d+)", usage), re.search(r"STACK:(\d+)", usage)
+    if not regs or not stack:
+        raise RuntimeError(f"could not read the resource usage:\n{usage}")
+    out = dict(registers=int(regs.group(1)), stack=int(stack.group(1)))
+    if sass:
+        out["sass"] = [(m.group(1), m.group(2)) for m in _SASS_OP.finditer(listing)]
+    return out
+
+
 def _compile(kernel: str, config: dict, arch: int) -> dict:
     import importlib
-    import re
-    import tempfile
 
     import triton
     from triton.backends.compiler import GPUTarget
@@ -192,16 +216,8 @@ def _compile(kernel: str, config: dict, arch: int) -> dict:
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()}, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=config["num_warps"], num_stages=config["num_stages"]))
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = pathlib.Path(tmp) / "kernel.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", str(cubin)], capture_output=True,
-                               text=True, check=True).stdout
-    regs = re.search(r"REG:(\d+)", usage)
-    stack = re.search(r"STACK:(\d+)", usage)
-    if not regs or not stack:
-        raise RuntimeError(f"could not read the resource usage:\n{usage}")
-    return dict(registers=int(regs.group(1)), stack_bytes=int(stack.group(1)),
+    usage = read_cubin(compiled.asm["cubin"])
+    return dict(registers=usage["registers"], stack_bytes=usage["stack"],
                 shared_bytes=int(compiled.metadata.shared), triton=triton.__version__)
 
 

@@ -32,9 +32,7 @@ import json
 import os
 import pathlib
 import re
-import subprocess
 import sys
-import tempfile
 import time
 
 os.environ["TRITON_INTERPRET"] = "0"  # before kernels / triton: compile for real, no interpreter
@@ -42,16 +40,12 @@ os.environ["TRITON_INTERPRET"] = "0"  # before kernels / triton: compile for rea
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from kernels import gluon_forward as gf  # noqa: E402  (first: kernels.device reads TRITON_INTERPRET)
-from kernels.triton_resources import _cuobjdump  # noqa: E402
+from kernels.triton_resources import read_cubin  # noqa: E402
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
-
-# the SASS offset comment has 4 or more hex digits (kernels over 64 KiB of code have 5)
-_OP = re.compile(r"/\*[0-9a-f]{4,6}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)([^;]*)")
-
 
 def signature(d: int, variant: str, causal: bool, dtype: str, cfg: dict) -> tuple[dict, dict, dict]:
     """(signature, constexprs, options) of one compile, as a launch with contiguous inputs gives."""
@@ -81,21 +75,15 @@ def compile_one(d: int, variant: str, causal: bool, dtype: str = "fp16", cfg: di
     t0 = time.time()
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     seconds = time.time() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = pathlib.Path(tmp) / "kernel.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", str(cubin)], capture_output=True,
-                               text=True, check=True).stdout
-        sass = subprocess.run([_cuobjdump(), "-sass", str(cubin)], capture_output=True, text=True,
-                              check=True).stdout
-    seq = [(m.group(1), m.group(2)) for m in _OP.finditer(sass)]
+    read = read_cubin(compiled.asm["cubin"], sass=True)
+    seq = read["sass"]
     ops = collections.Counter(op.split(".")[0] for op, _ in seq)
     ttgir = compiled.asm["ttgir"]
     partitions = re.findall(r"partition\d+\(.*?\) num_warps\((\d+)\)", ttgir)
     ptx = compiled.asm["ptx"]
     return dict(
         variant=variant, d=d, causal=causal, dtype=dtype, cfg=cfg, num_warps=options["num_warps"],
-        registers=int(re.search(r"REG:(\d+)", usage)[1]), stack=int(re.search(r"STACK:(\d+)", usage)[1]),
+        registers=read["registers"], stack=read["stack"],
         shared=int(compiled.metadata.shared), sass=sum(ops.values()), hgmma=ops["HGMMA"],
         wgmma_wait=ops["WARPGROUP"], setmaxnreg=ops["USETMAXREG"],
         ws=f"default+workers[{','.join(partitions)}] warps" if "ttg.warp_specialize" in ttgir else "no",

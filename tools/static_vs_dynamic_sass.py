@@ -12,10 +12,7 @@ GPU's (the H100 image has triton 3.6) to read the binaries the benchmarks timed.
 """
 import collections
 import pathlib
-import re
-import subprocess
 import sys
-import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -23,7 +20,7 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from kernels import triton_backward as tb  # noqa: E402
-from kernels.triton_resources import _cuobjdump  # noqa: E402
+from kernels.triton_resources import read_cubin  # noqa: E402
 
 N = 8192
 INT_OPS = {"IMAD", "IADD3", "LEA", "SHF", "ISETP", "SEL", "LOP3", "IABS", "IMNMX", "VIADDMNMX", "VIADD"}
@@ -46,14 +43,9 @@ def compile_and_count(fn, consts: dict, warps: int, stages: int) -> dict:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()}, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = pathlib.Path(tmp) / "kernel.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", str(cubin)], capture_output=True, text=True).stdout
-        sass = subprocess.run([_cuobjdump(), "-sass", str(cubin)], capture_output=True, text=True).stdout
-    ops = collections.Counter(m.group(1).split(".")[0] for m in
-                              re.finditer(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass))
-    return dict(registers=int(re.search(r"REG:(\d+)", usage)[1]), stack=int(re.search(r"STACK:(\d+)", usage)[1]),
+    read = read_cubin(compiled.asm["cubin"], sass=True)
+    ops = collections.Counter(op.split(".")[0] for op, _ in read["sass"])
+    return dict(registers=read["registers"], stack=read["stack"],
                 instructions=sum(ops.values()), integer=sum(ops[k] for k in INT_OPS), barriers=ops["BAR"],
                 wgmma=ops["HGMMA"])
 
