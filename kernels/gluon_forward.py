@@ -98,8 +98,8 @@ except ImportError as exc:  # older triton (< 3.5) has no Gluon, or a Hopper par
         f"this triton ({getattr(triton, '__version__', '?')}) lacks it: {exc}"
     ) from exc
 
-__all__ = ["attention_forward_gluon", "usable", "resolve_config", "CONFIGS", "VARIANTS", "SUPPORTED_HEAD_DIMS", "DEFAULT_HEAD_DIMS",
-           "make_descriptors", "attention_forward_kernel"]
+__all__ = ["attention_forward_gluon", "usable", "resolve_config", "CONFIGS", "VARIANTS", "SUPPORTED_HEAD_DIMS",
+           "DEFAULT_HEAD_DIMS", "make_descriptors", "shared_layouts", "launch_meta", "attention_forward_kernel"]
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x · log2(e))
 LN2 = 0.6931471805599453  # ln(2): log(x) = log2(x) · ln(2)
@@ -515,29 +515,46 @@ def resolve_config(d: int, variant: str, config: dict | None = None) -> dict:
 
 
 def usable(q, k, v, head_dims=SUPPORTED_HEAD_DIMS) -> bool:
-    """Whether the kernel takes these inputs as they are (no error, no copy): a Hopper GPU, contiguous
-    16-byte aligned fp16/bf16 (B, H, N, d) tensors of one dtype, N_q == N_k >= 1, d in head_dims."""
-    return (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9
-            and q.dtype in _GL_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype
-            and q.dim() == 4 and k.shape == q.shape and v.shape == q.shape and q.shape[2] >= 1
-            and q.shape[-1] in head_dims
-            and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (q, k, v)))
+    """Whether the kernel takes these inputs as they are (no error, no copy): everything `_check` asks
+    (a Hopper GPU, contiguous 16-byte aligned fp16/bf16 (B, H, N, d) tensors, N_q == N_k >= 1), and d
+    in head_dims."""
+    try:
+        _check(q, k, v, False, None, "ws")
+    except (TypeError, ValueError):
+        return False
+    return q.shape[-1] in head_dims
 
 
-def make_descriptors(q, k, v, o, BLOCK_M: int, BLOCK_N: int, NUM_WG: int, WS: bool):
+def shared_layouts(d: int, cfg: dict, variant: str, gdt) -> tuple:
+    """(rows of a Q/O tile, its shared-memory layout, the K/V tiles' layout) of a launch: "ws" loads one
+    Q tile per consumer warpgroup, "overlap" one tile for all warps. gdt: gl.float16 or gl.bfloat16."""
+    q_rows = cfg["BLOCK_M"] if variant == "ws" else cfg["NUM_WG"] * cfg["BLOCK_M"]
+    return (q_rows, gl.NVMMASharedLayout.get_default_for([1, q_rows, d], gdt),
+            gl.NVMMASharedLayout.get_default_for([1, cfg["BLOCK_N"], d], gdt))
+
+
+def launch_meta(d: int, cfg: dict, variant: str, is_causal: bool) -> dict:
+    """The kernel's compile-time arguments and num_warps for a launch (resolved cfg); the offline
+    compile tool (tools/gluon_forward_compile.py) builds exactly what a launch builds from it."""
+    ws = variant == "ws"
+    return dict(HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], STAGES=cfg["STAGES"],
+                NUM_WG=cfg["NUM_WG"], IS_CAUSAL=bool(is_causal), WS=ws,
+                LOADER_REGS=cfg.get("LOADER_REGS", 24), CONSUMER_REGS=cfg.get("CONSUMER_REGS", 240),
+                FENCE=bool(cfg.get("FENCE", False)), num_warps=4 if ws else 4 * cfg["NUM_WG"])
+
+
+def make_descriptors(q, k, v, o, cfg: dict, variant: str):
     """Host TMA descriptors over the (B·H, N, d) views: a box is [1, rows, d], so TMA clips at the end
     of each head's N rows (zero fill on loads, no write on stores)."""
     B, H, N, d = q.shape
-    gdt = _GL_DTYPES[q.dtype]
-    q_rows = BLOCK_M if WS else NUM_WG * BLOCK_M  # "ws": one Q tile per consumer warpgroup
-    q_layout = gl.NVMMASharedLayout.get_default_for([1, q_rows, d], gdt)
-    kv_layout = gl.NVMMASharedLayout.get_default_for([1, BLOCK_N, d], gdt)
+    q_rows, q_layout, kv_layout = shared_layouts(d, cfg, variant, _GL_DTYPES[q.dtype])
 
     def desc(t, rows, layout):
         t3 = t.view(B * H, N, d)
         return TensorDescriptor(t3, list(t3.shape), list(t3.stride()), [1, rows, d], layout)
 
-    return desc(q, q_rows, q_layout), desc(k, BLOCK_N, kv_layout), desc(v, BLOCK_N, kv_layout), desc(o, q_rows, q_layout)
+    return (desc(q, q_rows, q_layout), desc(k, cfg["BLOCK_N"], kv_layout), desc(v, cfg["BLOCK_N"], kv_layout),
+            desc(o, q_rows, q_layout))
 
 
 def attention_forward_gluon(q, k, v, *, is_causal=False, scale=None, variant="ws", config=None):
@@ -553,17 +570,10 @@ def attention_forward_gluon(q, k, v, *, is_causal=False, scale=None, variant="ws
     B, H, N, d = q.shape
     cfg = resolve_config(d, variant, config)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    ws = variant == "ws"
     O = torch.empty_like(q)
     L = torch.empty(B, H, N, dtype=torch.float32, device=q.device)
-    q_desc, k_desc, v_desc, o_desc = make_descriptors(q, k, v, O, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["NUM_WG"], ws)
-    rows = cfg["NUM_WG"] * cfg["BLOCK_M"]
-    grid = (triton.cdiv(N, rows), B * H)
-    extra = dict(LOADER_REGS=cfg.get("LOADER_REGS", 24), CONSUMER_REGS=cfg.get("CONSUMER_REGS", 240)) if ws else {}
-    attention_forward_kernel[grid](
-        q_desc, k_desc, v_desc, o_desc, L, N, scale * LOG2E,
-        HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], STAGES=cfg["STAGES"], NUM_WG=cfg["NUM_WG"],
-        IS_CAUSAL=bool(is_causal), WS=ws, FENCE=bool(cfg.get("FENCE", False)), num_warps=4 if ws else 4 * cfg["NUM_WG"],
-        **extra,
-    )
+    q_desc, k_desc, v_desc, o_desc = make_descriptors(q, k, v, O, cfg, variant)
+    grid = (triton.cdiv(N, cfg["NUM_WG"] * cfg["BLOCK_M"]), B * H)
+    attention_forward_kernel[grid](q_desc, k_desc, v_desc, o_desc, L, N, scale * LOG2E,
+                                   **launch_meta(d, cfg, variant, is_causal))
     return O, L

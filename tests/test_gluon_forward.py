@@ -93,6 +93,29 @@ def test_usable_and_the_default_forward_on_cpu():
         tb.flash_attention(q, k, v, forward="gluon")
 
 
+@needs_gluon
+@pytest.mark.parametrize("variant,q_rows,warps", [("ws", 64, 4), ("overlap", 128, 8)])
+def test_launch_grid_and_tma_boxes_on_cpu(monkeypatch, variant, q_rows, warps):
+    """The host side of a launch, with the input check and the kernel stubbed out: one program per
+    NUM_WG·B_r query rows and (batch, head), TMA boxes of one Q tile per consumer warpgroup ("ws") or
+    per program ("overlap"), and the compile-time arguments launch_meta gives the offline compiler."""
+    launches = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launches.append((grid, args, meta))
+
+    monkeypatch.setattr(gf, "_check", lambda *args: None)
+    monkeypatch.setattr(gf, "attention_forward_kernel", Kernel())
+    q, k, v = _inputs(2, 3, 1000, 128, torch.float16, 5, "cpu")
+    gf.attention_forward_gluon(q, k, v, is_causal=True, variant=variant)
+    (grid, args, meta), = launches
+    assert grid == (-(-1000 // 128), 2 * 3)
+    assert [a.block_shape for a in args[:4]] == [[1, q_rows, 128], [1, 128, 128], [1, 128, 128], [1, q_rows, 128]]
+    assert args[5] == 1000 and meta["num_warps"] == warps and meta["IS_CAUSAL"] and not meta["FENCE"]
+    assert meta == gf.launch_meta(128, gf.CONFIGS[(128, variant)], variant, True)
+
+
 def _has_cuobjdump() -> bool:
     import triton
 
@@ -171,11 +194,12 @@ def test_matches_reference_gpu(N, d, causal, dtype, variant):
 @pytest.mark.gpu
 @needs_gluon
 def test_default_forward_and_gradients_gpu():
-    """flash_attention runs the Gluon kernel at d = 128 on Hopper ("auto"), the Triton kernel at d = 64;
-    gradients through either forward match float64 autograd."""
-    for d, want in ((128, gf.usable), (64, lambda *a: False)):
-        q, k, v = _inputs(1, 4, 1000, d, torch.float16, seed=d)
-        assert tb.gluon_by_default(q, k, v) == bool(want(q, k, v))
+    """flash_attention runs the Gluon kernel at d = 128 on Hopper ("auto"), the Triton kernel at d = 64
+    and for strided inputs; gradients through either forward match float64 autograd."""
+    q, k, v = _inputs(1, 4, 1000, 128, torch.float16, seed=128)
+    assert gf.usable(q, k, v) and tb.gluon_by_default(q, k, v)
+    assert not tb.gluon_by_default(*(t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)))  # strided
+    assert not tb.gluon_by_default(*_inputs(1, 4, 1000, 64, torch.float16, seed=64))  # d = 64: the Triton kernel
     q, k, v = (t.requires_grad_() for t in _inputs(1, 4, 1000, 128, torch.float16, seed=7))
     dO = torch.randn_like(q)
     up = lambda t: t.detach().double()

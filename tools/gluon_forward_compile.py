@@ -49,25 +49,18 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 
 def signature(d: int, variant: str, causal: bool, dtype: str, cfg: dict) -> tuple[dict, dict, dict]:
     """(signature, constexprs, options) of one compile, as a launch with contiguous inputs gives."""
-    gdt = {"fp16": gl.float16, "bf16": gl.bfloat16}[dtype]
-    ws = variant == "ws"
-    q_rows = cfg["BLOCK_M"] if ws else cfg["NUM_WG"] * cfg["BLOCK_M"]
-    q_layout = gl.NVMMASharedLayout.get_default_for([1, q_rows, d], gdt)
-    kv_layout = gl.NVMMASharedLayout.get_default_for([1, cfg["BLOCK_N"], d], gdt)
+    q_rows, q_layout, kv_layout = gf.shared_layouts(d, cfg, variant, {"fp16": gl.float16, "bf16": gl.bfloat16}[dtype])
     q_sig = f"tensordesc<{dtype}[1, {q_rows}, {d}],{q_layout!r}>"
     kv_sig = f"tensordesc<{dtype}[1, {cfg['BLOCK_N']}, {d}],{kv_layout!r}>"
-    consts = dict(HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], STAGES=cfg["STAGES"],
-                  NUM_WG=cfg["NUM_WG"], IS_CAUSAL=causal, WS=ws,
-                  LOADER_REGS=cfg.get("LOADER_REGS", 24), CONSUMER_REGS=cfg.get("CONSUMER_REGS", 240),
-                  FENCE=bool(cfg.get("FENCE", False)))
+    consts = gf.launch_meta(d, cfg, variant, causal)
+    options = dict(num_warps=consts.pop("num_warps"))
     sig = dict(q_desc=q_sig, k_desc=kv_sig, v_desc=kv_sig, o_desc=q_sig, L="*fp32", N="i32", qk_scale="fp32")
     sig.update({k: "constexpr" for k in consts})
-    options = dict(num_warps=4 if ws else 4 * cfg["NUM_WG"])
     return sig, consts, options
 
 
 def compile_one(d: int, variant: str, causal: bool, dtype: str = "fp16", cfg: dict | None = None) -> dict:
-    cfg = dict(gf.CONFIGS[(d, variant)], **(cfg or {}))
+    cfg = gf.resolve_config(d, variant, cfg)
     fn = gf.attention_forward_kernel
     sig, consts, options = signature(d, variant, causal, dtype, cfg)
     src = GluonASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
