@@ -484,7 +484,11 @@ def default_config(d: int, is_causal: bool = False, dtype: torch.dtype = torch.f
     tuned candidate of each kernel."""
     if device.TRITON_INTERPRET:
         return CPU_CONFIG
-    block_d = _padded_head_dim(d)
+    return _first_candidates(_padded_head_dim(d), is_causal, dtype)
+
+
+def _first_candidates(block_d: int, is_causal: bool, dtype: torch.dtype = torch.float16) -> BackwardConfig:
+    """The first tuned candidate of each kernel."""
     return BackwardConfig(*candidates("dkdv", block_d, is_causal, dtype)[0], *candidates("dq", block_d, is_causal, dtype)[0])
 
 
@@ -642,25 +646,26 @@ STATIC_MIN_N = 2048
 #: kernels. The tuned dynamic dK/dV tile there (64 x 128, 4 warps) must not be compiled static: it
 #: spills (568 bytes of stack with triton 3.6) and ran at a third of its dynamic speed.
 STATIC_TILES = {
-    (128, False): BackwardConfig(*TUNED[(128, False)]["dkdv"][0], *TUNED[(128, False)]["dq"][0]),
-    (128, True): BackwardConfig(*TUNED[(128, True)]["dkdv"][0], *TUNED[(128, True)]["dq"][0]),
-    (64, True): BackwardConfig(*TUNED[(64, True)]["dkdv"][0], *TUNED[(64, True)]["dq"][0]),
+    **{key: _first_candidates(*key) for key in ((128, False), (128, True), (64, True))},
     (64, False): BackwardConfig(64, 64, 4, 3, 64, 64, 4, 3),
 }
+
+
+def _static_key(d: int, is_causal: bool) -> tuple:
+    """(padded head-dim class, causal): the key of STATIC_TILES."""
+    return _size_class(_padded_head_dim(d)), bool(is_causal)
 
 
 def static_by_default(d: int, Nq: int, Nk: int, is_causal: bool, dtype: torch.dtype) -> bool:
     """Whether attention_backward compiles the shape in (static=None) for these inputs on a GPU
     (measured on Hopper: H100 and H200)."""
-    return (dtype != torch.float32 and max(Nq, Nk) >= STATIC_MIN_N
-            and (_size_class(_padded_head_dim(d)), bool(is_causal)) in STATIC_TILES)
+    return dtype != torch.float32 and max(Nq, Nk) >= STATIC_MIN_N and _static_key(d, is_causal) in STATIC_TILES
 
 
 def static_config(d: int, is_causal: bool = False, dtype: torch.dtype = torch.float16) -> BackwardConfig:
     """The tiles of the static kernels: STATIC_TILES where measured, else default_config."""
-    if device.TRITON_INTERPRET or dtype == torch.float32:
-        return default_config(d, is_causal, dtype)
-    return STATIC_TILES.get((_size_class(_padded_head_dim(d)), bool(is_causal))) or default_config(d, is_causal, dtype)
+    measured = not device.TRITON_INTERPRET and dtype != torch.float32
+    return (measured and STATIC_TILES.get(_static_key(d, is_causal))) or default_config(d, is_causal, dtype)
 
 
 def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config: BackwardConfig | None = None,
@@ -724,14 +729,14 @@ def gluon_by_default(q, k, v) -> bool:
 
 
 def _forward_kernel(q, k, v, forward: str):
-    """The forward function (q, k, v, is_causal, scale) -> (O, L) that `forward` names for these inputs."""
+    """The forward function (q, k, v, *, is_causal, scale) -> (O, L) that `forward` names for these inputs."""
     if forward == "gluon" or (forward == "auto" and gluon_by_default(q, k, v)):
         from .gluon_forward import attention_forward_gluon  # checks its inputs, names what it cannot take
 
-        return lambda q, k, v, is_causal, scale: attention_forward_gluon(q, k, v, is_causal=is_causal, scale=scale)
+        return attention_forward_gluon
     from .triton_forward import attention_forward  # lesson 03's Triton forward
 
-    return lambda q, k, v, is_causal, scale: attention_forward(q, k, v, is_causal=is_causal, scale=scale)
+    return attention_forward
 
 
 class FlashAttention(torch.autograd.Function):
@@ -742,7 +747,7 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, is_causal, scale, forward="auto"):
-        O, L = _forward_kernel(q, k, v, forward)(q, k, v, is_causal, scale)
+        O, L = _forward_kernel(q, k, v, forward)(q, k, v, is_causal=is_causal, scale=scale)
         ctx.save_for_backward(q, k, v, O, L)
         ctx.is_causal, ctx.scale = is_causal, scale
         return O
