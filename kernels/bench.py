@@ -236,38 +236,31 @@ def _first(x):
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
-def _load_triton() -> Impl:
-    fwd_mod = importlib.import_module("kernels.triton_forward")
-    attention_forward = fwd_mod.attention_forward
+def _course_impl(forward: Callable, forward_name: str) -> Impl:
+    """A course forward (q, k, v, *, is_causal, scale) -> (O, L) with lesson 04's Triton backward;
+    forward_name is what kernels.triton_backward.flash_attention calls it."""
     impl = Impl(
-        forward=lambda q, k, v, c, s: attention_forward(q, k, v, is_causal=c, scale=s)[0],
-        forward_lse=lambda q, k, v, c, s: attention_forward(q, k, v, is_causal=c, scale=s),
+        forward=lambda q, k, v, c, s: forward(q, k, v, is_causal=c, scale=s)[0],
+        forward_lse=lambda q, k, v, c, s: forward(q, k, v, is_causal=c, scale=s),
     )
     try:
         bwd_mod = importlib.import_module("kernels.triton_backward")
     except ImportError as e:
-        print(f"  triton: no backward ({e}); forward only", flush=True)
+        print(f"  {forward_name}: no backward ({e}); forward only", flush=True)
         return impl
-    if hasattr(bwd_mod, "attention_backward"):
-        ab = bwd_mod.attention_backward
-        impl.backward = lambda q, k, v, O, L, dO, c, s: ab(q, k, v, O, L, dO, is_causal=c, scale=s)
-    if hasattr(bwd_mod, "flash_attention"):
-        fa = bwd_mod.flash_attention
-        impl.differentiable = lambda q, k, v, c, s: fa(q, k, v, is_causal=c, scale=s, forward="triton")
+    ab, fa = bwd_mod.attention_backward, bwd_mod.flash_attention
+    impl.backward = lambda q, k, v, O, L, dO, c, s: ab(q, k, v, O, L, dO, is_causal=c, scale=s)
+    impl.differentiable = lambda q, k, v, c, s: fa(q, k, v, is_causal=c, scale=s, forward=forward_name)
     return impl
+
+
+def _load_triton() -> Impl:
+    return _course_impl(importlib.import_module("kernels.triton_forward").attention_forward, "triton")
 
 
 def _load_gluon() -> Impl:
     """kernels.gluon_forward's warp-specialised forward; the backward is the Triton one (same as "triton")."""
-    fwd = importlib.import_module("kernels.gluon_forward").attention_forward_gluon
-    bwd_mod = importlib.import_module("kernels.triton_backward")
-    ab, fa = bwd_mod.attention_backward, bwd_mod.flash_attention
-    return Impl(
-        forward=lambda q, k, v, c, s: fwd(q, k, v, is_causal=c, scale=s)[0],
-        forward_lse=lambda q, k, v, c, s: fwd(q, k, v, is_causal=c, scale=s),
-        backward=lambda q, k, v, O, L, dO, c, s: ab(q, k, v, O, L, dO, is_causal=c, scale=s),
-        differentiable=lambda q, k, v, c, s: fa(q, k, v, is_causal=c, scale=s, forward="gluon"),
-    )
+    return _course_impl(importlib.import_module("kernels.gluon_forward").attention_forward_gluon, "gluon")
 
 
 def _cuda_loader(version: str) -> Callable[[], Impl]:
