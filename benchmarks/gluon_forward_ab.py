@@ -15,6 +15,9 @@ GLUON_AB_CAUSAL (0,1), GLUON_AB_N (4096,16384), GLUON_AB_REP_MS (do_bench rep, d
 
     python benchmarks/gluon_forward_ab.py --sweep   # tile configs of "ws" (SWEEP below), $OUT/gluon_forward_sweep.json
     python benchmarks/gluon_forward_ab.py --fence   # with and without the scheduling fence, $OUT/gluon_forward_fence_ab.json
+    python benchmarks/gluon_forward_ab.py --pingpong   # with and without the consumers taking turns,
+                                                       # $OUT/gluon_forward_pingpong_ab.json
+    python benchmarks/gluon_forward_ab.py --cases NAME '[["ws", {"NUM_WG": 3}], ...]'   # any configs, $OUT/NAME.json
     ncu --kernel-name regex:attention_forward_kernel --section ComputeWorkloadAnalysis ... \
         python benchmarks/gluon_forward_ab.py --ncu-driver   # two calls of each kernel at N = 8192, nothing else
 
@@ -204,6 +207,8 @@ SWEEP = {
 #: --fence: each variant with and without the scheduling fence (kernels/gluon_forward.py, _step, step 5)
 FENCE_AB = {d: [(variant, dict(FENCE=fence)) for variant in ("ws", "overlap") for fence in (True, False)]
             for d in (64, 128)}
+#: --pingpong: "ws" with and without the consumers taking turns (kernels/gluon_forward.py, _turn_wait)
+PINGPONG_AB = {d: [("ws", dict(PINGPONG=pp)) for pp in (True, False)] for d in (64, 128)}
 
 
 def sweep(cases: dict, name: str) -> int:
@@ -282,4 +287,9 @@ if __name__ == "__main__":
         sys.exit(ncu_driver())
     if "--fence" in sys.argv[1:]:
         sys.exit(sweep(FENCE_AB, "gluon_forward_fence_ab"))
+    if "--pingpong" in sys.argv[1:]:
+        sys.exit(sweep(PINGPONG_AB, "gluon_forward_pingpong_ab"))
+    if "--cases" in sys.argv[1:]:  # --cases NAME JSON: [[variant, config], ...] for every d of GLUON_AB_DIMS
+        name, cases = sys.argv[sys.argv.index("--cases") + 1:][:2]
+        sys.exit(sweep({d: [tuple(c) for c in json.loads(cases)] for d in DIMS}, name))
     sys.exit(main())

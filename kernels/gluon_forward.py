@@ -99,7 +99,7 @@ except ImportError as exc:  # older triton (< 3.5) has no Gluon, or a Hopper par
     ) from exc
 
 __all__ = ["attention_forward_gluon", "usable", "resolve_config", "CONFIGS", "VARIANTS", "SUPPORTED_HEAD_DIMS",
-           "DEFAULT_HEAD_DIMS", "make_descriptors", "shared_layouts", "launch_meta", "attention_forward_kernel"]
+           "preferred", "CAUSAL_MIN_N_D64", "make_descriptors", "shared_layouts", "launch_meta", "attention_forward_kernel"]
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x · log2(e))
 LN2 = 0.6931471805599453  # ln(2): log(x) = log2(x) · ln(2)
@@ -116,11 +116,20 @@ _LN2 = gl.constexpr(LN2)
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 VARIANTS = ("overlap", "ws")
-#: Head dims at which kernels.triton_backward.flash_attention runs this kernel ("ws") instead of lesson
-#: 03's Triton kernel: where it measured faster on the H100 (benchmarks/results/gluon_forward_ab_h100.json:
-#: 1.15-1.25x the Triton kernel at d = 128, 0.93-1.03x at d = 64, where the exponentials weigh twice as
-#: much per FLOP and the overlap that remains is not enough; see benchmarks/PERFORMANCE_forward.md, step 9).
-DEFAULT_HEAD_DIMS = (128,)
+#: Shortest causal length at which flash_attention runs this kernel at d = 64 (see `preferred`).
+CAUSAL_MIN_N_D64 = 8192
+
+
+def preferred(d: int, N: int, is_causal: bool) -> bool:
+    """Whether kernels.triton_backward.flash_attention(forward="auto") runs this kernel ("ws") rather
+    than lesson 03's Triton kernel: where it measured faster on the H100 (fp16, B = 4, N = 4k/8k/16k;
+    results/gluon_forward_d64_ab2_h100.json and _d128_ab2_h100.json, benchmarks/PERFORMANCE_forward.md
+    step 11). d = 128: always (1.09-1.18x the Triton kernel there). d = 64 with three consumer
+    warpgroups: 1.08-1.10x without a mask; causal 1.06-1.15x from N = 8192 on, but 0.95x at N = 4096,
+    where 192-row tiles leave the upper warpgroups idle at the diagonal for a larger share of the work."""
+    if d == 128:
+        return True
+    return d == 64 and (not is_causal or N >= CAUSAL_MIN_N_D64)
 
 # ------------------------------------------------------------------------------------------------
 # Tile configurations per (d, variant).
@@ -143,7 +152,7 @@ DEFAULT_HEAD_DIMS = (128,)
 # ------------------------------------------------------------------------------------------------
 CONFIGS = {
     (64, "overlap"): dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, NUM_WG=2),
-    (64, "ws"): dict(BLOCK_M=64, BLOCK_N=128, STAGES=3, NUM_WG=2, LOADER_REGS=24, CONSUMER_REGS=240),
+    (64, "ws"): dict(BLOCK_M=64, BLOCK_N=128, STAGES=3, NUM_WG=3, LOADER_REGS=24, CONSUMER_REGS=160),
     (128, "overlap"): dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, NUM_WG=2),
     (128, "ws"): dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, NUM_WG=2, LOADER_REGS=24, CONSUMER_REGS=240),
 }
@@ -180,9 +189,12 @@ def _softmax_block(s, m_i, l_i, offs_m, start_n, N, qk_scale,
     if MASK:
         offs_n = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))  # (B_c,) key index
         cols = gl.expand_dims(offs_n, 0)  # (1, B_c)
-        allowed = cols < N
         if IS_CAUSAL:
-            allowed = allowed & (cols <= gl.expand_dims(offs_m, 1))  # key j <= query i (top-left)
+            # key j <= query i (top-left). That also keeps j < N for every row i < N (N_q = N_k); rows
+            # i >= N only exist in the last tile, see finite zero-filled keys, and are never stored.
+            allowed = cols <= gl.expand_dims(offs_m, 1)
+        else:
+            allowed = cols < N
         s = gl.where(allowed, s * qk_scale, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, 1))
         s = s - gl.expand_dims(m_new, 1)
@@ -210,12 +222,31 @@ def _refill(k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, bh, j, n_total,
 
 
 @gluon.jit
+def _turn_wait(my_turn, t, PINGPONG: gl.constexpr, ME: gl.constexpr):
+    """(PINGPONG) Wait until it is this consumer warpgroup's turn to issue its t-th group of wgmmas.
+
+    The two consumers take turns: 0 issues group t, then 1 issues group t, then 0 issues group t + 1.
+    my_turn completes one phase per arrive of the other consumer, so group t waits for phase t - 1 of
+    it (consumer 0) or phase t (consumer 1). Consumer 0's group 0 waits for parity 1 of a fresh
+    barrier, which counts as complete: it goes first."""
+    if PINGPONG:
+        mbarrier.wait(my_turn, (t & 1) ^ (1 - ME))
+
+
+@gluon.jit
+def _turn_pass(other_turn, PINGPONG: gl.constexpr):
+    """(PINGPONG) This consumer's wgmmas are issued: the other consumer may queue its own behind them."""
+    if PINGPONG:
+        mbarrier.arrive(other_turn, count=1)
+
+
+@gluon.jit
 def _step(q_bar, j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
-          k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty, bh,
+          k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty, bh, my_turn, other_turn,
           BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
           s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr,
           MASK: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr, SYNC_WGS: gl.constexpr,
-          FENCE: gl.constexpr):
+          FENCE: gl.constexpr, PINGPONG: gl.constexpr, ME: gl.constexpr):
     """One pipelined iteration j >= 1: S_j = Q K_jᵀ and O += P_{j-1} V_{j-1} in flight together,
     softmax of S_j while P_{j-1} V_{j-1} finishes, then O *= α_j.
 
@@ -226,12 +257,14 @@ def _step(q_bar, j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_tot
     slot_prev = (j - 1) % STAGES
     # 1. S_j = Q K_jᵀ, async. K_j sits (B_c, d) in shared memory; the permuted view is K_jᵀ (d, B_c).
     mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
+    _turn_wait(my_turn, j, PINGPONG, ME)
     k_t = k_ring.index(slot).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0))
     s_tok = warpgroup_mma(q2d, k_t, zero_s, use_acc=False, is_async=True)
     # 2. O += P_{j-1} V_{j-1}, async, queued behind S_j on the tensor cores.
     mbarrier.wait(v_ready.index(slot_prev), ((j - 1) // STAGES) & 1)
     v_prev = v_ring.index(slot_prev).reshape([BLOCK_N, HEAD_DIM])
     o_tok = warpgroup_mma(p_op, v_prev, acc, is_async=True)
+    _turn_pass(other_turn, PINGPONG)
     # 3. wait until at most one wgmma group (the P·V product) is outstanding: S_j is ready.
     s = warpgroup_mma_wait(num_outstanding=1, deps=[s_tok])
     if WS and not FENCE:
@@ -274,9 +307,10 @@ def _step(q_bar, j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_tot
 
 @gluon.jit
 def _consumer(q_desc, k_desc, v_desc, o_desc, L, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty,
-              bh, row0, N, qk_scale, n_loaded,
+              bh, row0, N, qk_scale, n_loaded, my_turn, other_turn,
               HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-              WARPS: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr, FENCE: gl.constexpr):
+              WARPS: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr, FENCE: gl.constexpr,
+              PINGPONG: gl.constexpr, ME: gl.constexpr):
     """The compute of one query tile Q_i (rows [row0, row0 + BLOCK_M)) with WARPS warps.
 
     WS: K/V slots arrive from the producer partition and are handed back through k_empty / v_empty;
@@ -311,8 +345,10 @@ def _consumer(q_desc, k_desc, v_desc, o_desc, L, q_smem, q_bar, k_ring, v_ring, 
     mbarrier.wait(q_bar, 0)
     # ---- block 0 (pipeline prologue): S_0, its softmax, P_0; nothing to overlap with yet
     mbarrier.wait(k_ready.index(0), 0)
+    _turn_wait(my_turn, 0, PINGPONG, ME)
     k_t = k_ring.index(0).reshape([BLOCK_N, HEAD_DIM]).permute((1, 0))
     s_tok = warpgroup_mma(q2d, k_t, zero_s, use_acc=False, is_async=True)
+    _turn_pass(other_turn, PINGPONG)
     s = warpgroup_mma_wait(num_outstanding=0, deps=[s_tok])
     if WS:
         mbarrier.arrive(k_empty.index(0), count=1)
@@ -326,25 +362,30 @@ def _consumer(q_desc, k_desc, v_desc, o_desc, L, q_smem, q_bar, k_ring, v_ring, 
     for j in range(1, n_full):
         acc, m_i, l_i, p_op = _step(q_bar, j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
                                     k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty, bh,
-                                    BLOCK_N, HEAD_DIM, STAGES, s_layout, o_layout, p_layout,
-                                    False, IS_CAUSAL, WS, SYNC_WGS, FENCE)
+                                    my_turn, other_turn, BLOCK_N, HEAD_DIM, STAGES, s_layout, o_layout, p_layout,
+                                    False, IS_CAUSAL, WS, SYNC_WGS, FENCE, PINGPONG, ME)
     # ---- the diagonal block(s) and the last partial block: masked
     for j in range(gl.maximum(n_full, 1), n_total):
         acc, m_i, l_i, p_op = _step(q_bar, j, acc, m_i, l_i, p_op, q2d, zero_s, offs_m, N, qk_scale, n_total,
                                     k_desc, v_desc, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty, bh,
-                                    BLOCK_N, HEAD_DIM, STAGES, s_layout, o_layout, p_layout,
-                                    True, IS_CAUSAL, WS, SYNC_WGS, FENCE)
+                                    my_turn, other_turn, BLOCK_N, HEAD_DIM, STAGES, s_layout, o_layout, p_layout,
+                                    True, IS_CAUSAL, WS, SYNC_WGS, FENCE, PINGPONG, ME)
 
     # ---- pipeline epilogue: the last P·V product
     j_last = n_total - 1
     slot = j_last % STAGES
     mbarrier.wait(v_ready.index(slot), (j_last // STAGES) & 1)
+    _turn_wait(my_turn, n_total, PINGPONG, ME)
     o_tok = warpgroup_mma(p_op, v_ring.index(slot).reshape([BLOCK_N, HEAD_DIM]), acc, is_async=True)
+    _turn_pass(other_turn, PINGPONG)
     acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=[o_tok, p_op])
     if WS:
         mbarrier.arrive(v_empty.index(slot), count=1)
-        # hand back the slots loaded for the other warpgroup's longer (causal) range, in order
+        # hand back the slots loaded for the other warpgroup's longer (causal) range, in order; with
+        # PINGPONG also take the turns its extra groups of wgmmas wait for (group j + 1 for block j)
         for j in range(n_total, n_loaded):
+            _turn_wait(my_turn, j + 1, PINGPONG, ME)
+            _turn_pass(other_turn, PINGPONG)
             slot = j % STAGES
             phase = (j // STAGES) & 1
             mbarrier.wait(k_ready.index(slot), phase)
@@ -396,6 +437,7 @@ def attention_forward_kernel(
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     NUM_WG: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr,
     LOADER_REGS: gl.constexpr = 24, CONSUMER_REGS: gl.constexpr = 240, FENCE: gl.constexpr = False,
+    PINGPONG: gl.constexpr = False,
 ):
     """Grid (ceil(N / (NUM_WG·B_r)), B·H). "overlap" (WS=False): num_warps = 4·NUM_WG, one tile of
     NUM_WG·B_r rows. "ws" (WS=True): num_warps = 4 (consumer warpgroup 0, the default partition),
@@ -431,21 +473,46 @@ def attention_forward_kernel(
         q_bars = gl.allocate_shared_memory(gl.int64, [NUM_WG, 1], bar_layout)
         for w in gl.static_range(NUM_WG):
             mbarrier.init(q_bars.index(w), count=1)
+        # PINGPONG: consumer w waits on turn_w and arrives on the other's. Two allocations, not one of
+        # two slots: an arrive and a later wait on the same allocation make Triton add a bar.sync.
+        turn0 = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
+        turn1 = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
+        mbarrier.init(turn0, count=1)
+        mbarrier.init(turn1, count=1)
         fence_async_shared()  # barrier inits visible to the async proxy before any TMA uses them
         # every block any consumer warpgroup needs: the last (lowest) warpgroup's range is the longest
         _, n_loaded = _kv_blocks(row0 + (NUM_WG - 1) * BLOCK_M, N, BLOCK_M, BLOCK_N, IS_CAUSAL)
         # one consumer warpgroup with its own producer measured 0.7-0.8x of two (gluon_forward_sweep_h100.json)
-        gl.static_assert(NUM_WG == 2, "ws runs two consumer warpgroups")
-        gl.warp_specialize([
-            (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
-                         k_ready, v_ready, k_empty, v_empty, bh, row0, N, qk_scale, n_loaded,
-                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True, FENCE)),
-            (_producer, (q_desc, k_desc, v_desc, q_smem, q_bars, k_ring, v_ring, k_ready, v_ready, k_empty,
-                         v_empty, bh, row0, n_loaded, BLOCK_M, BLOCK_N, STAGES, NUM_WG)),
-            (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(1), q_bars.index(1), k_ring, v_ring,
-                         k_ready, v_ready, k_empty, v_empty, bh, row0 + BLOCK_M, N, qk_scale, n_loaded,
-                         HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True, FENCE)),
-        ], [1, 4], [LOADER_REGS, CONSUMER_REGS])
+        gl.static_assert(NUM_WG == 2 or NUM_WG == 3, "ws runs two or three consumer warpgroups")
+        if NUM_WG == 2:
+            gl.warp_specialize([
+                (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
+                             k_ready, v_ready, k_empty, v_empty, bh, row0, N, qk_scale, n_loaded, turn0, turn1,
+                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True, FENCE, PINGPONG, 0)),
+                (_producer, (q_desc, k_desc, v_desc, q_smem, q_bars, k_ring, v_ring, k_ready, v_ready, k_empty,
+                             v_empty, bh, row0, n_loaded, BLOCK_M, BLOCK_N, STAGES, NUM_WG)),
+                (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(1), q_bars.index(1), k_ring, v_ring,
+                             k_ready, v_ready, k_empty, v_empty, bh, row0 + BLOCK_M, N, qk_scale, n_loaded,
+                             turn1, turn0, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True, FENCE, PINGPONG, 1)),
+            ], [1, 4], [LOADER_REGS, CONSUMER_REGS])
+        else:
+            # three consumer warpgroups (FlashAttention-3's 192-row tile at d = 64): three warps per
+            # scheduler to hide the softmax's latencies, at most 168 registers each (3·128·168 + 32·24
+            # fit the 64 K register file). No turn-taking among three.
+            gl.static_assert(not PINGPONG, "PINGPONG takes turns between two consumer warpgroups")
+            gl.warp_specialize([
+                (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
+                             k_ready, v_ready, k_empty, v_empty, bh, row0, N, qk_scale, n_loaded, turn0, turn1,
+                             HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True, FENCE, False, 0)),
+                (_producer, (q_desc, k_desc, v_desc, q_smem, q_bars, k_ring, v_ring, k_ready, v_ready, k_empty,
+                             v_empty, bh, row0, n_loaded, BLOCK_M, BLOCK_N, STAGES, NUM_WG)),
+                (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(1), q_bars.index(1), k_ring, v_ring,
+                             k_ready, v_ready, k_empty, v_empty, bh, row0 + BLOCK_M, N, qk_scale, n_loaded,
+                             turn1, turn0, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True, FENCE, False, 1)),
+                (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(2), q_bars.index(2), k_ring, v_ring,
+                             k_ready, v_ready, k_empty, v_empty, bh, row0 + 2 * BLOCK_M, N, qk_scale, n_loaded,
+                             turn1, turn0, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, 4, IS_CAUSAL, True, FENCE, False, 1)),
+            ], [1, 4, 4], [LOADER_REGS, CONSUMER_REGS, CONSUMER_REGS])
     else:
         # one tile of ROWS rows computed by all 4·NUM_WG warps, which also issue the copies
         q_smem = gl.allocate_shared_memory(dtype, [1, ROWS, HEAD_DIM], q_desc.layout)
@@ -454,9 +521,10 @@ def attention_forward_kernel(
         fence_async_shared()
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
         _tma_load(q_desc, [bh, row0, 0], q_bar, q_smem)
+        gl.static_assert(not PINGPONG, "PINGPONG needs the two consumer partitions of 'ws'")
         _consumer(q_desc, k_desc, v_desc, o_desc, L, q_smem, q_bar, k_ring, v_ring, k_ready, v_ready,
-                  k_empty, v_empty, bh, row0, N, qk_scale, 0,
-                  HEAD_DIM, ROWS, BLOCK_N, STAGES, 4 * NUM_WG, IS_CAUSAL, False, FENCE)
+                  k_empty, v_empty, bh, row0, N, qk_scale, 0, q_bar, q_bar,  # (no turns to take)
+                  HEAD_DIM, ROWS, BLOCK_N, STAGES, 4 * NUM_WG, IS_CAUSAL, False, FENCE, False, 0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -498,7 +566,7 @@ def resolve_config(d: int, variant: str, config: dict | None = None) -> dict:
     """CONFIGS[(d, variant)] with `config`'s entries on top, checked: tile sizes powers of two the wgmma
     shapes allow, at least one stage, and two consumer warpgroups for "ws"."""
     cfg = dict(CONFIGS[(d, variant)], **(config or {}))
-    unknown = set(cfg) - {"BLOCK_M", "BLOCK_N", "STAGES", "NUM_WG", "LOADER_REGS", "CONSUMER_REGS", "FENCE"}
+    unknown = set(cfg) - {"BLOCK_M", "BLOCK_N", "STAGES", "NUM_WG", "LOADER_REGS", "CONSUMER_REGS", "FENCE", "PINGPONG"}
     if unknown:
         raise ValueError(f"config has unknown keys {sorted(unknown)}")
     for name, lo in (("BLOCK_M", 64), ("BLOCK_N", 16)):
@@ -507,22 +575,26 @@ def resolve_config(d: int, variant: str, config: dict | None = None) -> dict:
             raise ValueError(f"config {name} must be a power of two >= {lo}, got {b!r}")
     if not isinstance(cfg["STAGES"], int) or cfg["STAGES"] < 1:
         raise ValueError(f"config STAGES must be an int >= 1, got {cfg['STAGES']!r}")
-    if variant == "ws" and cfg["NUM_WG"] != 2:
-        raise ValueError(f"config NUM_WG must be 2 for variant 'ws' (two consumer warpgroups), got {cfg['NUM_WG']}")
+    if variant == "ws" and cfg["NUM_WG"] not in (2, 3):
+        raise ValueError(f"config NUM_WG must be 2 or 3 for variant 'ws' (consumer warpgroups), got {cfg['NUM_WG']}")
+    if cfg.get("PINGPONG") and cfg["NUM_WG"] != 2:
+        raise ValueError(f"config PINGPONG takes turns between NUM_WG = 2 consumer warpgroups, got NUM_WG={cfg['NUM_WG']}")
+    if variant == "overlap" and cfg.get("PINGPONG"):
+        raise ValueError("config PINGPONG needs variant 'ws' (two consumer partitions to take turns)")
     if variant == "overlap" and cfg["NUM_WG"] not in (1, 2):
         raise ValueError(f"config NUM_WG must be 1 or 2 for variant 'overlap', got {cfg['NUM_WG']}")
     return cfg
 
 
-def usable(q, k, v, head_dims=SUPPORTED_HEAD_DIMS) -> bool:
+def usable(q, k, v) -> bool:
     """Whether the kernel takes these inputs as they are (no error, no copy): everything `_check` asks
-    (a Hopper GPU, contiguous 16-byte aligned fp16/bf16 (B, H, N, d) tensors, N_q == N_k >= 1), and d
-    in head_dims."""
+    (a Hopper GPU, contiguous 16-byte aligned fp16/bf16 (B, H, N, d) tensors, d in SUPPORTED_HEAD_DIMS,
+    N_q == N_k >= 1)."""
     try:
         _check(q, k, v, False, None, "ws")
     except (TypeError, ValueError):
         return False
-    return q.shape[-1] in head_dims
+    return True
 
 
 def shared_layouts(d: int, cfg: dict, variant: str, gdt) -> tuple:
@@ -540,7 +612,8 @@ def launch_meta(d: int, cfg: dict, variant: str, is_causal: bool) -> dict:
     return dict(HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], STAGES=cfg["STAGES"],
                 NUM_WG=cfg["NUM_WG"], IS_CAUSAL=bool(is_causal), WS=ws,
                 LOADER_REGS=cfg.get("LOADER_REGS", 24), CONSUMER_REGS=cfg.get("CONSUMER_REGS", 240),
-                FENCE=bool(cfg.get("FENCE", False)), num_warps=4 if ws else 4 * cfg["NUM_WG"])
+                FENCE=bool(cfg.get("FENCE", False)), PINGPONG=bool(cfg.get("PINGPONG", False)),
+                num_warps=4 if ws else 4 * cfg["NUM_WG"])
 
 
 def make_descriptors(q, k, v, o, cfg: dict, variant: str):

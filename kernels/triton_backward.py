@@ -713,11 +713,12 @@ def tuned_configs() -> dict:
 #: The forward kernels flash_attention can run: "triton" is lesson 03's kernel (any GPU, the
 #: interpreter, any d); "gluon" is kernels.gluon_forward's warp-specialised kernel (Hopper, fp16/bf16,
 #: d = 64 or 128, N_q == N_k, contiguous); "auto" takes "gluon" where it measured faster
-#: (gluon_forward.DEFAULT_HEAD_DIMS) and the inputs suit it, else "triton".
+#: (gluon_forward.preferred: d = 128; d = 64 unless causal with N < 8192) and the inputs suit it,
+#: else "triton".
 FORWARDS = ("auto", "triton", "gluon")
 
 
-def gluon_by_default(q, k, v) -> bool:
+def gluon_by_default(q, k, v, is_causal: bool = False) -> bool:
     """Whether forward="auto" runs the Gluon kernel for these inputs."""
     if device.TRITON_INTERPRET:
         return False
@@ -725,12 +726,12 @@ def gluon_by_default(q, k, v) -> bool:
         from . import gluon_forward
     except ImportError:  # a triton without Gluon's Hopper ops
         return False
-    return gluon_forward.usable(q, k, v, gluon_forward.DEFAULT_HEAD_DIMS)
+    return gluon_forward.usable(q, k, v) and gluon_forward.preferred(q.shape[-1], q.shape[2], is_causal)
 
 
-def _forward_kernel(q, k, v, forward: str):
+def _forward_kernel(q, k, v, forward: str, is_causal: bool):
     """The forward function (q, k, v, *, is_causal, scale) -> (O, L) that `forward` names for these inputs."""
-    if forward == "gluon" or (forward == "auto" and gluon_by_default(q, k, v)):
+    if forward == "gluon" or (forward == "auto" and gluon_by_default(q, k, v, is_causal)):
         from .gluon_forward import attention_forward_gluon  # checks its inputs, names what it cannot take
 
         return attention_forward_gluon
@@ -747,7 +748,7 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, is_causal, scale, forward="auto"):
-        O, L = _forward_kernel(q, k, v, forward)(q, k, v, is_causal=is_causal, scale=scale)
+        O, L = _forward_kernel(q, k, v, forward, is_causal)(q, k, v, is_causal=is_causal, scale=scale)
         ctx.save_for_backward(q, k, v, O, L)
         ctx.is_causal, ctx.scale = is_causal, scale
         return O

@@ -9,7 +9,8 @@ and prints:
               specialisation the launch value, which setmaxnreg then moves per partition)
     stack     stack frame in bytes: > 0 means spills to local memory
     smem      shared memory per CTA (Triton's count)
-    sass      SASS instructions; HGMMA: wgmma instructions; wgmma_wait: WARPGROUP.DEPBAR waits
+    sass      SASS instructions; HGMMA: wgmma instructions; wgmma_wait: WARPGROUP.DEPBAR waits;
+              bar: BAR instructions (bar.sync / bar.arrive of named barriers)
     ex2_in_overlap  MUFU.EX2 that ptxas left between each `wgmma wait <= 1` and the following
               `wait 0` (per loop body): the exponentials that really overlap the in-flight P·V
     setmaxnreg  the register reallocation instructions in the SASS (USETMAXREG)
@@ -21,8 +22,9 @@ same strings the launcher derives from a host TensorDescriptor.
 
     cd /work/main && PYTHONPATH=. TRITON_INTERPRET=0 python tools/gluon_forward_compile.py
         [--variants ws,overlap] [--dims 64,128] [--causal 0,1] [--dtype fp16]
-        [--config B_r,B_c,stages] [--json] [--fence]   (a tile other than CONFIGS'; one JSON line per
-        case; with the scheduling fence of _step)
+        [--config B_r,B_c,stages] [--json] [--fence] [--pingpong] [--set KEY=INT ...]   (a tile other
+        than CONFIGS'; one JSON line per case; with the scheduling fence of _step; with the consumers
+        taking turns; any other config entry)
 """
 from __future__ import annotations
 
@@ -75,10 +77,10 @@ def compile_one(d: int, variant: str, causal: bool, dtype: str = "fp16", cfg: di
     partitions = re.findall(r"partition\d+\(.*?\) num_warps\((\d+)\)", ttgir)
     ptx = compiled.asm["ptx"]
     return dict(
-        variant=variant, d=d, causal=causal, dtype=dtype, cfg=cfg, num_warps=options["num_warps"],
+        variant=variant, d=d, causal=causal, dtype=dtype, cfg=cfg, num_warps=options["num_warps"], triton=triton.__version__,
         registers=read["registers"], stack=read["stack"],
         shared=int(compiled.metadata.shared), sass=sum(ops.values()), hgmma=ops["HGMMA"],
-        wgmma_wait=ops["WARPGROUP"], setmaxnreg=ops["USETMAXREG"],
+        wgmma_wait=ops["WARPGROUP"], setmaxnreg=ops["USETMAXREG"], bar_sync=ops["BAR"],
         ws=f"default+workers[{','.join(partitions)}] warps" if "ttg.warp_specialize" in ttgir else "no",
         overlap_ex2=_ex2_between_waits(seq),
         ptx_setmaxnreg=sorted(set(re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx))),
@@ -106,7 +108,7 @@ def fmt(r: dict) -> str:
     regs = ",".join(f"{k}{n}" for k, n in r["ptx_setmaxnreg"]) or "-"
     return (f"{r['variant']:8s} d={r['d']:<3d} causal={int(r['causal'])} {r['dtype']} {tile:14s} warps={r['num_warps']}"
             f"  regs={r['registers']:3d} stack={r['stack']:3d}B smem={r['shared'] / 1024:5.1f}KiB"
-            f"  sass={r['sass']:5d} HGMMA={r['hgmma']:3d} wgmma_wait={r['wgmma_wait']:2d}"
+            f"  sass={r['sass']:5d} HGMMA={r['hgmma']:3d} wgmma_wait={r['wgmma_wait']:2d} bar={r['bar_sync']:2d}"
             f"  ex2_in_overlap={r['overlap_ex2']}  setmaxnreg={regs}  ws={r['ws']}  ({r['seconds']:.1f}s)")
 
 
@@ -119,6 +121,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=None, help="B_r,B_c,stages instead of CONFIGS' tile")
     p.add_argument("--json", action="store_true", help="print each case as one JSON line")
     p.add_argument("--fence", action="store_true", help="compile with the scheduling fence (FENCE=True)")
+    p.add_argument("--pingpong", action="store_true", help="compile with the consumers taking turns (PINGPONG=True)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=INT",
+                   help="any other config entry, e.g. --set NUM_WG=3 --set CONSUMER_REGS=160 (repeatable)")
     a = p.parse_args(argv)
     cfg = None
     if a.config:
@@ -126,6 +131,11 @@ def main(argv=None) -> int:
         cfg = dict(BLOCK_M=m, BLOCK_N=n, STAGES=st)
     if a.fence:
         cfg = dict(cfg or {}, FENCE=True)
+    if a.pingpong:
+        cfg = dict(cfg or {}, PINGPONG=True)
+    for item in a.set:
+        key, _, value = item.partition("=")
+        cfg = dict(cfg or {}, **{key: int(value)})
     print(f"triton {triton.__version__}, Gluon forward, sm_90 (GPUTarget('cuda', 90, 32)), offline compile")
     bad = 0
     for variant in a.variants.split(","):
