@@ -226,6 +226,8 @@ def test_matches_reference_gpu(N, d, causal, dtype, variant):
     q, k, v = _inputs(2, 3, N, d, dtype, seed=N * 1000 + d)
     variant, *flags = variant.split("+")
     config = {flag.upper(): True for flag in flags}  # "ws+fence" -> variant "ws", config FENCE=True
+    if "pingpong" in flags:  # turns are taken between two consumer warpgroups (d = 64 has three by default)
+        config.update(NUM_WG=2, CONSUMER_REGS=240)
     O, L = gf.attention_forward_gluon(q, k, v, is_causal=causal, variant=variant, config=config)
     _assert_matches(q, k, v, causal, O, L)
 
