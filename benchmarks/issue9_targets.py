@@ -21,12 +21,12 @@ TARGETS = [
     ("Triton fwd >= 1.05x FlexAttention", "triton", "flex", "fwd", (64, 128), 1.05),
     ("Triton fwd >= 0.9x SDPA cuDNN, d=128", "triton", "sdpa-cudnn", "fwd", (128,), 0.9),
     # the same forward targets for the Gluon kernel (Triton's lower-level dialect), which flash_attention
-    # runs on Hopper where it measured faster (kernels.gluon_forward.preferred)
+    # runs on Hopper where it measured faster (kernels.gluon_forward.DEFAULT_HEAD_DIMS)
     ("Gluon fwd >= 1.5x SDPA flash, d=128", "gluon", "sdpa-flash", "fwd", (128,), 1.5),
     ("Gluon fwd >= 1.4x SDPA flash, d=64", "gluon", "sdpa-flash", "fwd", (64,), 1.4),
     ("Gluon fwd >= 1.05x FlexAttention", "gluon", "flex", "fwd", (64, 128), 1.05),
     ("Gluon fwd >= 0.9x SDPA cuDNN, d=128", "gluon", "sdpa-cudnn", "fwd", (128,), 0.9),
-    # and for the forward flash_attention runs by default (default_provider below)
+    # and for the forward flash_attention runs by default (DEFAULT_FORWARD below)
     ("default fwd >= 1.5x SDPA flash, d=128", "default", "sdpa-flash", "fwd", (128,), 1.5),
     ("default fwd >= 1.4x SDPA flash, d=64", "default", "sdpa-flash", "fwd", (64,), 1.4),
     ("default fwd >= 1.05x FlexAttention", "default", "flex", "fwd", (64, 128), 1.05),
@@ -38,13 +38,10 @@ TARGETS = [
 ]
 
 
-def default_provider(d: int, causal: bool, N: int) -> str:
-    """The provider whose forward kernels.triton_backward.flash_attention(forward="auto") runs on an H100:
-    the rule of kernels.gluon_forward.preferred (Gluon at d = 128, and at d = 64 unless causal with
-    N < 8192), written out here so that this script needs no triton; tests/test_issue9_targets.py keeps
-    the two in step. Runs recorded before that rule (bench_h100_run1-5) had Gluon at d = 128 only."""
-    gluon = d == 128 or (d == 64 and (not causal or N >= 8192))
-    return "gluon" if gluon else "triton"
+#: The provider whose forward kernels.triton_backward.flash_attention(forward="auto") runs, per head dim
+#: (kernels.gluon_forward.DEFAULT_HEAD_DIMS; tests/test_issue9_targets.py keeps the two in step). Runs
+#: 1-5 (bench_h100_run1-5) were recorded when flash_attention ran the Gluon kernel at d = 128 only.
+DEFAULT_FORWARD = {64: "gluon", 128: "gluon"}
 
 
 def speed_table(results):
@@ -54,7 +51,7 @@ def speed_table(results):
         if r.get("sweep") == "speed" and r.get("tflops"):
             out[(r["provider"], r["dtype"], r["direction"], r["d"], bool(r["causal"]), r["N"])] = r["tflops"]
     for (p, dtype, direction, d, causal, N), t in list(out.items()):  # the default forward's rows
-        if direction == "fwd" and default_provider(d, causal, N) == p:
+        if direction == "fwd" and DEFAULT_FORWARD.get(d) == p:
             out[("default", dtype, direction, d, causal, N)] = t
     return out
 

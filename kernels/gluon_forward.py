@@ -99,7 +99,7 @@ except ImportError as exc:  # older triton (< 3.5) has no Gluon, or a Hopper par
     ) from exc
 
 __all__ = ["attention_forward_gluon", "usable", "resolve_config", "CONFIGS", "VARIANTS", "SUPPORTED_HEAD_DIMS",
-           "preferred", "CAUSAL_MIN_N_D64", "make_descriptors", "shared_layouts", "launch_meta", "attention_forward_kernel"]
+           "DEFAULT_HEAD_DIMS", "make_descriptors", "shared_layouts", "launch_meta", "attention_forward_kernel"]
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x · log2(e))
 LN2 = 0.6931471805599453  # ln(2): log(x) = log2(x) · ln(2)
@@ -116,20 +116,13 @@ _LN2 = gl.constexpr(LN2)
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 VARIANTS = ("overlap", "ws")
-#: Shortest causal length at which flash_attention runs this kernel at d = 64 (see `preferred`).
-CAUSAL_MIN_N_D64 = 8192
-
-
-def preferred(d: int, N: int, is_causal: bool) -> bool:
-    """Whether kernels.triton_backward.flash_attention(forward="auto") runs this kernel ("ws") rather
-    than lesson 03's Triton kernel: where it measured faster on the H100 (fp16, B = 4, N = 4k/8k/16k;
-    results/gluon_forward_d64_ab2_h100.json and _d128_ab2_h100.json, benchmarks/PERFORMANCE_forward.md
-    step 11). d = 128: always (1.09-1.18x the Triton kernel there). d = 64 with three consumer
-    warpgroups: 1.08-1.10x without a mask; causal 1.06-1.15x from N = 8192 on, but 0.95x at N = 4096,
-    where 192-row tiles leave the upper warpgroups idle at the diagonal for a larger share of the work."""
-    if d == 128:
-        return True
-    return d == 64 and (not is_causal or N >= CAUSAL_MIN_N_D64)
+#: Head dims at which kernels.triton_backward.flash_attention runs this kernel ("ws") instead of lesson
+#: 03's Triton kernel: where it measured faster on the H100 (fp16, B = 4, N = 4k-16k: the gluon_forward_*ab*
+#: files in benchmarks/results and benchmark runs 6 and 7; benchmarks/PERFORMANCE_forward.md, step 11).
+#: d = 128: 1.01-1.19x the Triton kernel (one 0.94x, under the power cap). d = 64 with three consumer
+#: warpgroups: 1.03-1.17x without a mask and causal from N = 8192; causal at N = 4096, 0.95-1.08x in five
+#: measurements, so one rule for every N.
+DEFAULT_HEAD_DIMS = (64, 128)
 
 # ------------------------------------------------------------------------------------------------
 # Tile configurations per (d, variant).

@@ -713,12 +713,11 @@ def tuned_configs() -> dict:
 #: The forward kernels flash_attention can run: "triton" is lesson 03's kernel (any GPU, the
 #: interpreter, any d); "gluon" is kernels.gluon_forward's warp-specialised kernel (Hopper, fp16/bf16,
 #: d = 64 or 128, N_q == N_k, contiguous); "auto" takes "gluon" where it measured faster
-#: (gluon_forward.preferred: d = 128; d = 64 unless causal with N < 8192) and the inputs suit it,
-#: else "triton".
+#: (gluon_forward.DEFAULT_HEAD_DIMS: d = 64 and 128) and the inputs suit it, else "triton".
 FORWARDS = ("auto", "triton", "gluon")
 
 
-def gluon_by_default(q, k, v, is_causal: bool = False) -> bool:
+def gluon_by_default(q, k, v) -> bool:
     """Whether forward="auto" runs the Gluon kernel for these inputs."""
     if device.TRITON_INTERPRET:
         return False
@@ -726,12 +725,12 @@ def gluon_by_default(q, k, v, is_causal: bool = False) -> bool:
         from . import gluon_forward
     except ImportError:  # a triton without Gluon's Hopper ops
         return False
-    return gluon_forward.usable(q, k, v) and gluon_forward.preferred(q.shape[-1], q.shape[2], is_causal)
+    return gluon_forward.usable(q, k, v) and q.shape[-1] in gluon_forward.DEFAULT_HEAD_DIMS
 
 
-def _forward_kernel(q, k, v, forward: str, is_causal: bool):
+def _forward_kernel(q, k, v, forward: str):
     """The forward function (q, k, v, *, is_causal, scale) -> (O, L) that `forward` names for these inputs."""
-    if forward == "gluon" or (forward == "auto" and gluon_by_default(q, k, v, is_causal)):
+    if forward == "gluon" or (forward == "auto" and gluon_by_default(q, k, v)):
         from .gluon_forward import attention_forward_gluon  # checks its inputs, names what it cannot take
 
         return attention_forward_gluon
@@ -748,7 +747,7 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, is_causal, scale, forward="auto"):
-        O, L = _forward_kernel(q, k, v, forward, is_causal)(q, k, v, is_causal=is_causal, scale=scale)
+        O, L = _forward_kernel(q, k, v, forward)(q, k, v, is_causal=is_causal, scale=scale)
         ctx.save_for_backward(q, k, v, O, L)
         ctx.is_causal, ctx.scale = is_causal, scale
         return O

@@ -97,16 +97,6 @@ def test_usable_and_the_default_forward_on_cpu():
 
 
 @needs_gluon
-def test_preferred_is_where_the_kernel_measured_faster():
-    """The dispatch rule flash_attention(forward="auto") follows: d = 128 always; d = 64 without a mask
-    at any N, causal only from N = 8192 (at 4096 the Triton kernel measured faster); no other d."""
-    assert gf.preferred(128, 1000, True) and gf.preferred(128, 64, False)
-    assert gf.preferred(64, 1000, False) and gf.preferred(64, 8192, True) and gf.preferred(64, 16384, True)
-    assert not gf.preferred(64, 4096, True) and not gf.preferred(64, 8191, True)
-    assert not gf.preferred(32, 8192, False) and not gf.preferred(256, 8192, False)
-
-
-@needs_gluon
 @pytest.mark.parametrize("variant,q_rows,warps", [("ws", 64, 4), ("overlap", 128, 8)])
 def test_launch_grid_and_tma_boxes_on_cpu(monkeypatch, variant, q_rows, warps):
     """The host side of a launch, with the input check and the kernel stubbed out: one program per
@@ -235,15 +225,13 @@ def test_matches_reference_gpu(N, d, causal, dtype, variant):
 @pytest.mark.gpu
 @needs_gluon
 def test_default_forward_and_gradients_gpu():
-    """flash_attention runs the Gluon kernel on Hopper ("auto") where gluon_forward.preferred says so: at
-    d = 128, and at d = 64 unless causal with N < 8192; the Triton kernel for strided inputs and other d.
-    Gradients through either forward match float64 autograd."""
+    """flash_attention runs the Gluon kernel on Hopper ("auto") at d = 64 and 128 (DEFAULT_HEAD_DIMS), the
+    Triton kernel for strided inputs and other head dims; gradients through either forward match float64
+    autograd."""
     q, k, v = _inputs(1, 4, 1000, 128, torch.float16, seed=128)
-    assert gf.usable(q, k, v) and tb.gluon_by_default(q, k, v) and tb.gluon_by_default(q, k, v, is_causal=True)
+    assert gf.usable(q, k, v) and tb.gluon_by_default(q, k, v)
     assert not tb.gluon_by_default(*(t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)))  # strided
-    short64 = _inputs(1, 4, 1000, 64, torch.float16, seed=64)
-    assert tb.gluon_by_default(*short64) and not tb.gluon_by_default(*short64, is_causal=True)
-    assert tb.gluon_by_default(*_inputs(1, 1, 8192, 64, torch.float16, seed=65), is_causal=True)
+    assert tb.gluon_by_default(*_inputs(1, 4, 1000, 64, torch.float16, seed=64))
     assert not tb.gluon_by_default(*_inputs(1, 4, 1000, 32, torch.float16, seed=32))  # d = 32: Triton only
     q, k, v = (t.requires_grad_() for t in _inputs(1, 4, 1000, 128, torch.float16, seed=7))
     dO = torch.randn_like(q)

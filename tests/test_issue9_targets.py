@@ -52,23 +52,19 @@ def test_recorded_run_parses(capsys):
 
 
 def test_default_forward_is_the_one_flash_attention_runs():
-    """issue9_targets' "default" rows take the Gluon provider exactly where flash_attention runs the
-    Gluon kernel (kernels.gluon_forward.preferred), and the Triton provider elsewhere."""
+    """issue9_targets' "default" rows take the Gluon provider at the head dims where flash_attention
+    runs the Gluon kernel, and the Triton provider elsewhere."""
     gf = pytest.importorskip("kernels.gluon_forward")
-    for d in (32, 64, 128, 256):
-        for causal in (False, True):
-            for N in (1024, 4096, 8191, 8192, 16384):
-                assert (targets.default_provider(d, causal, N) == "gluon") == gf.preferred(d, N, causal), (d, causal, N)
+    for d, provider in targets.DEFAULT_FORWARD.items():
+        assert (provider == "gluon") == (d in gf.DEFAULT_HEAD_DIMS), (d, provider)
+    assert set(gf.DEFAULT_HEAD_DIMS) <= set(targets.DEFAULT_FORWARD)
 
 
-def test_default_rows_follow_the_dispatch_rule(tmp_path, capsys):
-    """d = 128: Gluon; d = 64: Gluon without a mask, causal Triton below N = 8192 and Gluon from there."""
+def test_default_rows_follow_the_head_dim(tmp_path, capsys, monkeypatch):
+    """The default rows take the provider DEFAULT_FORWARD names for the head dim (Gluon at both head
+    dims now; here d = 64 is set to Triton to show the rows follow the table, not a fixed provider)."""
+    monkeypatch.setattr(targets, "DEFAULT_FORWARD", {64: "triton", 128: "gluon"})
     out = run(tmp_path, [rec("triton", 330.0), rec("gluon", 310.0), rec("sdpa-flash", 200.0),
-                         rec("triton", 270.0, d=64), rec("gluon", 300.0, d=64), rec("sdpa-flash", 200.0, d=64),
-                         rec("triton", 290.0, d=64, causal=True), rec("gluon", 250.0, d=64, causal=True),
-                         rec("sdpa-flash", 200.0, d=64, causal=True),
-                         rec("triton", 290.0, d=64, causal=True, N=8192), rec("gluon", 250.0, d=64, causal=True, N=8192),
-                         rec("sdpa-flash", 200.0, d=64, causal=True, N=8192)], capsys)
+                         rec("triton", 270.0, d=64), rec("gluon", 300.0, d=64), rec("sdpa-flash", 200.0, d=64)], capsys)
     assert "default fwd >= 1.5x SDPA flash, d=128: met at 1 of 1 shapes (lowest 1.550x)" in out  # gluon's 310
-    # gluon's 300 (full), triton's 290 (causal, 4096), gluon's 250 (causal, 8192)
-    assert "default fwd >= 1.4x SDPA flash, d=64: met at 2 of 3 shapes (lowest 1.250x)" in out
+    assert "default fwd >= 1.4x SDPA flash, d=64: met at 0 of 1 shapes (lowest 1.350x)" in out  # triton's 270
