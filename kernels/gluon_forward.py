@@ -490,8 +490,11 @@ def attention_forward_kernel(
             ], [1, 4], [LOADER_REGS, CONSUMER_REGS])
         else:
             # three consumer warpgroups (FlashAttention-3's 192-row tile at d = 64): three warps per
-            # scheduler to hide the softmax's latencies, at most 168 registers each (3·128·168 + 32·24
-            # fit the 64 K register file). No turn-taking among three.
+            # scheduler to hide the softmax's latencies. The producer is padded to 4 warps, so 16 warps
+            # share the 64 K registers: 24 for the producer's, CONSUMER_REGS (160) for the two worker
+            # consumers and the rest (168) for the default one. No turn-taking among three. (The
+            # partitions are written out in each call: bound to names first, triton 3.6 compiled the
+            # kernel without any warp specialisation.)
             gl.static_assert(not PINGPONG, "PINGPONG takes turns between two consumer warpgroups")
             gl.warp_specialize([
                 (_consumer, (q_desc, k_desc, v_desc, o_desc, L, q_smem.index(0), q_bars.index(0), k_ring, v_ring,
