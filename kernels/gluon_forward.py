@@ -25,8 +25,8 @@ for FlashAttention-3's two ideas:
 
 2. Producer / consumer warp specialisation (variant "ws"). `gl.warp_specialize` splits the CTA into
    partitions that run different code: a 1-warp *producer* that only issues TMA copies of K_j and
-   V_j into a ring of STAGES shared-memory slots, and two *consumer* warpgroups that only
-   compute. They talk through mbarriers, two per slot and direction:
+   V_j into a ring of STAGES shared-memory slots, and two *consumer* warpgroups (three at d = 64)
+   that only compute. They talk through mbarriers, two per slot and direction:
 
        k_ready[s] / v_ready[s]   producer → consumers: "the TMA bytes of K_j / V_j have landed"
                                  (mbarrier.expect sets the byte count; the TMA engine completes it)
@@ -37,9 +37,13 @@ for FlashAttention-3's two ideas:
    for phase (j div STAGES) mod 2; the producer waits on the *empty* barriers with the opposite
    parity, which lets its first pass through the ring go through without waiting. Each consumer
    warpgroup owns its own B_r query rows and runs its own loop on the shared K/V stream: when
-   one is in its softmax the other can be in its matmuls (the effect FA3's "ping-pong" schedule
-   forces with named barriers; here it is left to the warp schedulers). The producer needs almost no
-   registers, so the consumers can be given more (`worker_num_regs`, setmaxnreg).
+   one is in its softmax another can be in its matmuls. By default the warp schedulers decide the
+   order; PINGPONG=True (two consumers) forces FA3's "ping-pong" with two more mbarriers, turn0 and
+   turn1: a consumer issues its wgmmas only after the other has issued its own (measured -5 to +5 %,
+   off; benchmarks/PERFORMANCE_forward.md, step 11). At d = 64 a third consumer warpgroup (192-row
+   tiles) gives each warp scheduler a third computing warp: 1.03-1.17x the Triton kernel, where two
+   were 0.93-1.03x. The producer needs almost no registers, so the consumers can be given more
+   (`worker_num_regs`, setmaxnreg).
 
 What the compiled code really does (tools/gluon_forward_compile.py, column ex2_in_overlap): with
 triton 3.6's ptxas, the exponentials end up *after* the `wait 0` in the SASS, although the PTX has
@@ -141,6 +145,9 @@ DEFAULT_HEAD_DIMS = (64, 128)
 # S is 64·BLOCK_N/128 fp32 = 64 at B_c = 128, O is 64·d/128 = 32 (d = 64) or 64 (d = 128), P in
 # fp16 pairs is 32, and the overlap keeps S_j, P_{j-1} and O live at once: ~130–170 + addressing,
 # under the 240 that setmaxnreg can give two consumer warpgroups (2 × 128 × 240 + 32 × 24 < 64 K).
+# Three consumer warpgroups (d = 64): Gluon pads the producer to 4 warps, 16 warps share the 64 K
+# registers, and a consumer gets 160 (168 for the default partition): 4 × 32 × 24 + 2 × 128 × 160 +
+# 128 × 168 = 64 K. At d = 64 (O is 32 registers) that compiles without spills with triton 3.6.
 # "overlap" with NUM_WG = 2 is one 8-warp tensor of 128 rows: the same per-thread counts.
 # ------------------------------------------------------------------------------------------------
 CONFIGS = {
@@ -434,7 +441,7 @@ def attention_forward_kernel(
 ):
     """Grid (ceil(N / (NUM_WG·B_r)), B·H). "overlap" (WS=False): num_warps = 4·NUM_WG, one tile of
     NUM_WG·B_r rows. "ws" (WS=True): num_warps = 4 (consumer warpgroup 0, the default partition),
-    plus a 1-warp producer partition and a second 4-warp consumer partition (NUM_WG = 2)."""
+    plus a 1-warp producer partition and NUM_WG - 1 more 4-warp consumer partitions (NUM_WG = 2 or 3)."""
     ROWS: gl.constexpr = NUM_WG * BLOCK_M
     n_tiles = (N + ROWS - 1) // ROWS
     pid = gl.program_id(0)
@@ -560,7 +567,7 @@ def _check(q, k, v, is_causal, scale, variant):
 
 def resolve_config(d: int, variant: str, config: dict | None = None) -> dict:
     """CONFIGS[(d, variant)] with `config`'s entries on top, checked: tile sizes powers of two the wgmma
-    shapes allow, at least one stage, and two consumer warpgroups for "ws"."""
+    shapes allow, at least one stage, two or three consumer warpgroups for "ws" (PINGPONG: two)."""
     cfg = dict(CONFIGS[(d, variant)], **(config or {}))
     unknown = set(cfg) - {"BLOCK_M", "BLOCK_N", "STAGES", "NUM_WG", "LOADER_REGS", "CONSUMER_REGS", "FENCE", "PINGPONG"}
     if unknown:
