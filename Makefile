@@ -30,7 +30,9 @@ lab: $(VENV)/.install-stamp
 # Everything CI runs: graded kernel tests, the drift, environment and mutant checks, then every
 # notebook of lessons/ and solutions/ under nbval (solutions strictly: a wrong answer fails).
 $(H100_TRITON_DIR)/.stamp: $(VENV)/.install-stamp
-	$(BIN)/python -m pip install --quiet --no-deps --target $(H100_TRITON_DIR) "$(TRITON_H100)"
+	$(BIN)/python -m pip install --quiet --no-deps --target $(H100_TRITON_DIR) "$(TRITON_H100)" \
+	    || { rm -rf $(H100_TRITON_DIR); mkdir -p $(H100_TRITON_DIR); \
+	         echo "no $(TRITON_H100) wheel here: the Gluon kernel's offline compile tests will skip"; }
 	touch $@
 
 test: $(VENV)/.install-stamp $(H100_TRITON_DIR)/.stamp

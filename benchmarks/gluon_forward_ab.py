@@ -196,19 +196,20 @@ def main() -> int:
     return 0
 
 
-#: --sweep: "ws" tile configs per head dim (B_r per warpgroup, B_c, stages). The recorded sweep
-#: (results/gluon_forward_sweep_h100.json, made before the scheduling fence) also timed one consumer
-#: warpgroup: 0.7-0.8x of two, since removed from the kernel.
+#: --sweep: "ws" tile configs per head dim (B_r per warpgroup, B_c, stages), two consumer warpgroups as
+#: when it was recorded (results/gluon_forward_sweep_h100.json, made before the scheduling fence; it also
+#: timed one consumer warpgroup: 0.7-0.8x of two, since removed from the kernel).
 SWEEP = {
-    64: [("ws", dict(BLOCK_M=m, BLOCK_N=n, STAGES=st)) for m, n, st in
+    64: [("ws", dict(gf.TWO_CONSUMERS, BLOCK_M=m, BLOCK_N=n, STAGES=st)) for m, n, st in
          ((64, 128, 3), (64, 128, 4), (64, 128, 2), (64, 64, 4), (128, 64, 3), (128, 64, 4))],
     128: [("ws", dict(BLOCK_M=m, BLOCK_N=n, STAGES=st)) for m, n, st in ((64, 128, 2), (64, 64, 3), (64, 64, 4))],
 }
-#: --fence: each variant with and without the scheduling fence (kernels/gluon_forward.py, _step, step 5)
-FENCE_AB = {d: [(variant, dict(FENCE=fence)) for variant in ("ws", "overlap") for fence in (True, False)]
-            for d in (64, 128)}
-#: --pingpong: "ws" with and without the consumers taking turns (kernels/gluon_forward.py, _turn_wait)
-PINGPONG_AB = {d: [("ws", dict(PINGPONG=pp)) for pp in (True, False)] for d in (64, 128)}
+#: --fence: each variant with and without the scheduling fence (kernels/gluon_forward.py, _step, step 5);
+#: "ws" with two consumer warpgroups, as recorded (results/gluon_forward_fence_ab_h100.json)
+FENCE_AB = {d: [(variant, dict(gf.TWO_CONSUMERS if variant == "ws" else {}, FENCE=fence))
+                for variant in ("ws", "overlap") for fence in (True, False)] for d in (64, 128)}
+#: --pingpong: "ws" with and without the two consumers taking turns (kernels/gluon_forward.py, _turn_wait)
+PINGPONG_AB = {d: [("ws", dict(gf.TWO_CONSUMERS, PINGPONG=pp)) for pp in (True, False)] for d in (64, 128)}
 
 
 def sweep(cases: dict, name: str) -> int:

@@ -39,8 +39,8 @@ TARGETS = [
 
 
 #: The provider whose forward kernels.triton_backward.flash_attention(forward="auto") runs, per head dim
-#: (kernels.gluon_forward.DEFAULT_HEAD_DIMS; tests/test_issue9_targets.py keeps the two in step). Runs
-#: 1-5 (bench_h100_run1-5) were recorded when flash_attention ran the Gluon kernel at d = 128 only.
+#: (kernels.gluon_forward.DEFAULT_HEAD_DIMS; tests/test_issue9_targets.py keeps the two in step). In runs
+#: 4 and 5 (bench_h100_run4*, _run5*) flash_attention ran it at d = 128 only; runs 1-3 had no Gluon kernel.
 DEFAULT_FORWARD = {64: "gluon", 128: "gluon"}
 
 

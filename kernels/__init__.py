@@ -16,7 +16,7 @@ Triton kernels run under the Triton interpreter. Modules, one idea each, in less
                     attention for one row
     tiled           the tiled forward in PyTorch, FA1 and FA2 loop orders
     triton_forward  the Triton forward kernel of lesson 03
-    gluon_forward   the forward with warp specialisation, in Gluon, for Hopper (flash_attention's at d = 128)
+    gluon_forward   the forward with warp specialisation, in Gluon, for Hopper (flash_attention's at d = 64, 128)
     cuda_kernels    the numbered CUDA C++ kernels (cuda/*.cu): loader, wrappers, nvcc compile check
     tiled_backward  the tiled backward in PyTorch, as an autograd.Function
     triton_backward the Triton backward kernels of lesson 04, and flash_attention (autograd)

@@ -102,7 +102,7 @@ except ImportError as exc:  # older triton (< 3.5) has no Gluon, or a Hopper par
         f"this triton ({getattr(triton, '__version__', '?')}) lacks it: {exc}"
     ) from exc
 
-__all__ = ["attention_forward_gluon", "usable", "resolve_config", "CONFIGS", "VARIANTS", "SUPPORTED_HEAD_DIMS",
+__all__ = ["attention_forward_gluon", "usable", "resolve_config", "CONFIGS", "TWO_CONSUMERS", "VARIANTS", "SUPPORTED_HEAD_DIMS",
            "DEFAULT_HEAD_DIMS", "make_descriptors", "shared_layouts", "launch_meta", "attention_forward_kernel"]
 
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x · log2(e))
@@ -156,6 +156,10 @@ CONFIGS = {
     (128, "overlap"): dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, NUM_WG=2),
     (128, "ws"): dict(BLOCK_M=64, BLOCK_N=128, STAGES=2, NUM_WG=2, LOADER_REGS=24, CONSUMER_REGS=240),
 }
+#: config entries for "ws" with two consumer warpgroups at d = 64 (its default has three): the tile of
+#: the d = 64 measurements before the third (step 9 of benchmarks/PERFORMANCE_forward.md), and what
+#: PINGPONG needs. d = 128's default already is this.
+TWO_CONSUMERS = dict(NUM_WG=2, CONSUMER_REGS=240)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -130,6 +130,7 @@ def _has_cuobjdump() -> bool:
 #: differ between versions: triton 3.9's ptxas spills 88 bytes of scalars in the d = 64 tile that 3.6
 #: compiles without any.
 H100_TRITON = pathlib.Path(os.environ.get("KERNELS_H100_TRITON", ROOT / ".venv" / "triton-h100"))
+H100_TRITON_VERSION = "3.6.0"  # the Makefile's TRITON_H100
 
 
 def _compile(d, causal, config=None, fence=False, sets=()):
@@ -139,7 +140,7 @@ def _compile(d, causal, config=None, fence=False, sets=()):
             "--causal", str(int(causal)), "--json"] + (["--config", config] if config else []) + (["--fence"] if fence else [])
     args += [a for kv in sets for a in ("--set", kv)]  # other config entries, "KEY=INT"
     env = dict(os.environ)
-    if H100_TRITON.is_dir():
+    if _h100_triton_installed():
         env["PYTHONPATH"] = os.pathsep.join([str(H100_TRITON.resolve())] + [p for p in [env.get("PYTHONPATH")] if p])
     out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -147,11 +148,17 @@ def _compile(d, causal, config=None, fence=False, sets=()):
     return json.loads(lines[0])
 
 
+def _h100_triton_installed() -> bool:
+    """Whether `make test` installed the H100 image's triton beside the project's (it skips that on a
+    platform without a wheel for it)."""
+    return (H100_TRITON / "triton").is_dir()
+
+
 def _h100_triton() -> bool:
     """Whether _compile builds with the H100 image's triton: installed beside, or the one installed."""
     import triton
 
-    return H100_TRITON.is_dir() or triton.__version__ == "3.6.0"
+    return _h100_triton_installed() or triton.__version__ == H100_TRITON_VERSION
 
 
 @needs_gluon
@@ -161,9 +168,9 @@ def test_ws_kernel_compiles_for_sm90_without_spills(d, causal):
     """The tuned "ws" tiles compiled for the H100 offline: no stack (spills), a 1-warp producer and
     4-warp consumer partitions beside the default one, register reallocation (setmaxnreg) and wgmma."""
     if not _h100_triton():
-        pytest.skip(f"needs the H100 image's triton 3.6.0 (`make test` installs it in {H100_TRITON})")
+        pytest.skip(f"needs the H100 image's triton {H100_TRITON_VERSION} (`make test` installs it in {H100_TRITON})")
     r = _compile(d, causal)
-    assert r["triton"] == "3.6.0", r
+    assert r["triton"] == H100_TRITON_VERSION, r
     assert r["stack"] == 0, r
     # d = 64: three consumer warpgroups (the default partition and two 4-warp workers), d = 128: two
     assert r["ws"] == {64: "default+workers[1,4,4] warps", 128: "default+workers[1,4] warps"}[d], r
@@ -187,7 +194,7 @@ def test_fence_keeps_the_softmax_between_the_two_waits():
     with: results/gluon_forward_fence_ab_h100.json): without the scheduling fence no exponential sits
     between the "one wgmma in flight" wait and the full wait (the intra-warpgroup overlap is lost); with
     it, every exponential of the step does (64 for P̃ plus 2 for α, per consumer loop body)."""
-    two = ("NUM_WG=2", "CONSUMER_REGS=240")
+    two = tuple(f"{k}={v}" for k, v in gf.TWO_CONSUMERS.items())
     plain, fenced = _compile(64, False, sets=two), _compile(64, False, fence=True, sets=two)
     assert set(plain["overlap_ex2"].split("/")) == {"0"}, plain["overlap_ex2"]
     assert all(int(n) >= 64 for n in fenced["overlap_ex2"].split("/")), fenced["overlap_ex2"]
@@ -217,7 +224,7 @@ def test_matches_reference_gpu(N, d, causal, dtype, variant):
     variant, *flags = variant.split("+")
     config = {flag.upper(): True for flag in flags}  # "ws+fence" -> variant "ws", config FENCE=True
     if "pingpong" in flags:  # turns are taken between two consumer warpgroups (d = 64 has three by default)
-        config.update(NUM_WG=2, CONSUMER_REGS=240)
+        config.update(gf.TWO_CONSUMERS)
     O, L = gf.attention_forward_gluon(q, k, v, is_causal=causal, variant=variant, config=config)
     _assert_matches(q, k, v, causal, O, L)
 
