@@ -17,6 +17,8 @@ GLUON_AB_CAUSAL (0,1), GLUON_AB_N (4096,16384), GLUON_AB_REP_MS (do_bench rep, d
     python benchmarks/gluon_forward_ab.py --fence   # with and without the scheduling fence, $OUT/gluon_forward_fence_ab.json
     python benchmarks/gluon_forward_ab.py --pingpong   # with and without the consumers taking turns,
                                                        # $OUT/gluon_forward_pingpong_ab.json
+    python benchmarks/gluon_forward_ab.py --align   # tiles counted from row 0 and back from row N (ALIGN_END),
+                                                    # $OUT/gluon_forward_align_ab.json
     python benchmarks/gluon_forward_ab.py --cases NAME '[["ws", {"NUM_WG": 3}], ...]'   # any configs, $OUT/NAME.json
     ncu --kernel-name regex:attention_forward_kernel --section ComputeWorkloadAnalysis ... \
         python benchmarks/gluon_forward_ab.py --ncu-driver   # two calls of each kernel at N = 8192, nothing else
@@ -211,6 +213,9 @@ FENCE_AB = {d: [(variant, dict(gf.TWO_CONSUMERS if variant == "ws" else {}, FENC
 #: --pingpong: "ws" with and without the two consumers taking turns (kernels/gluon_forward.py, _turn_wait)
 PINGPONG_AB = {d: [("ws", dict(gf.TWO_CONSUMERS, PINGPONG=pp)) for pp in (True, False)] for d in (64, 128)}
 
+#: --align: the default build with its tiles counted from row 0 (the ragged tile last) and back from row N
+ALIGN_AB = {d: [("ws", dict(ALIGN_END=a)) for a in (False, True)] for d in (64, 128)}
+
 
 def sweep(cases: dict, name: str) -> int:
     """Each (variant, config) of cases[d]: checked on the ragged length (all rows) and on the last rows of
@@ -290,6 +295,8 @@ if __name__ == "__main__":
         sys.exit(sweep(FENCE_AB, "gluon_forward_fence_ab"))
     if "--pingpong" in sys.argv[1:]:
         sys.exit(sweep(PINGPONG_AB, "gluon_forward_pingpong_ab"))
+    if "--align" in sys.argv[1:]:
+        sys.exit(sweep(ALIGN_AB, "gluon_forward_align_ab"))
     if "--cases" in sys.argv[1:]:  # --cases NAME JSON: [[variant, config], ...] for every d of GLUON_AB_DIMS
         name, cases = sys.argv[sys.argv.index("--cases") + 1:][:2]
         sys.exit(sweep({d: [tuple(c) for c in json.loads(cases)] for d in DIMS}, name))

@@ -53,6 +53,7 @@ import torch
 
 from . import device as _device
 from . import reference
+from .clock_log import ClockLog
 
 # ---------------------------------------------------------------------------------------------
 # FLOPs and the roofline: pure arithmetic, no device needed
@@ -624,6 +625,7 @@ class Config:
     max_call_ms: float = 300.0  # a configuration slower than this per call is not timed at larger N
     ceilings: bool = False
     smoke: bool = False
+    smi_ms: int = 0  # > 0: log nvidia-smi every smi_ms ms and record each job's clock, power, temperature
 
     def H(self, d: int) -> int:
         if isinstance(self.heads, int):
@@ -775,7 +777,9 @@ class Bench:
                 del out
                 out = None
                 rec["peak_bytes"] = peak_bytes(fn, dev)
+                t_start = time.time()
                 rec["ms"] = time_ms(fn, dev, cfg.warmup_ms, cfg.rep_ms)
+                rec["timed_s"] = [round(t_start, 3), round(time.time(), 3)]  # wall clock, for the clock log
                 rec["tflops"] = rec["flops"] / (rec["ms"] * 1e-3) / 1e12
                 rec["status"] = "ok"
                 if cfg.max_call_ms and rec["ms"] > cfg.max_call_ms and sweep == "speed":
@@ -841,6 +845,11 @@ class Bench:
         if cfg.ceilings:
             self.ceilings = measure_ceilings(self.dev)
         self.load_providers()
+        clocks = None
+        if cfg.smi_ms and self.dev.type == "cuda":
+            os.makedirs(cfg.out, exist_ok=True)
+            clocks = ClockLog(os.path.join(cfg.out, f"{cfg.name}_smi.csv"), cfg.smi_ms)
+            print(f"clock log: {clocks.path}" if clocks.running else "clock log: no nvidia-smi, not logged", flush=True)
         jobs = self.plan()
         self.total = len(jobs)
         inputs_key, inputs = None, None
@@ -874,6 +883,11 @@ class Bench:
             self.write_json(complete=False)
         inputs = None
         _release(self.dev)
+        if clocks is not None and clocks.running:
+            clocks.stop()
+            for rec in self.results:
+                if rec.get("timed_s"):
+                    rec["gpu"] = clocks.summary(*rec["timed_s"])
         data = self.write_json(complete=True)
         print()
         print(format_table(self.results, self.cfg.baselines, self.providers_order()))
@@ -1272,6 +1286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rep-ms", type=float, default=None)
     p.add_argument("--max-call-ms", type=float, default=None,
                    help="a provider slower than this per call is not timed at larger N (default 300 on GPU; 0: no limit)")
+    p.add_argument("--smi-ms", type=int, default=0,
+                   help="log nvidia-smi every this many ms to <name>_smi.csv and record each job's SM clock, power "
+                        "and temperature in the JSON (default 0: off)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--report", nargs="+", metavar="JSON",
                    help="no measuring: merge these result files (e.g. one per dtype) into --out/--name JSON, table and plots")
@@ -1329,6 +1346,7 @@ def config_from_args(args) -> Config:
         max_call_ms=args.max_call_ms if args.max_call_ms is not None else (0.0 if cpu else 300.0),
         ceilings=args.ceilings,
         smoke=cpu or args.smoke,
+        smi_ms=max(0, args.smi_ms),
     )
 
 

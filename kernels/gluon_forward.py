@@ -136,6 +136,7 @@ DEFAULT_HEAD_DIMS = (64, 128)
 #   STAGES   depth of the K/V ring in shared memory
 #   NUM_WG   consumer warpgroups (4 warps each); "ws" adds one producer warp
 #   LOADER_REGS / CONSUMER_REGS  registers per thread asked for the worker partitions ("ws")
+#   ALIGN_END  (default on) tiles end at row N, so the ragged tile is the first (see the kernel)
 #
 # Budget (H100, per SM): 228 KB shared memory (227 KB usable by one CTA), 64 K 32-bit registers.
 # Shared memory: Q tiles NUM_WG·BLOCK_M·d·2 B, plus STAGES·2·BLOCK_N·d·2 B for the K and V ring
@@ -173,8 +174,10 @@ def _kv_blocks(row0, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL:
     blocks [n_full, n_total) need one; blocks >= n_total are never visited (past N or above the
     diagonal). Same rule as kernels.tiled.causal_block_range."""
     if IS_CAUSAL:
-        hi = gl.minimum(row0 + BLOCK_M, N)
-        n_full = gl.minimum((row0 + 1) // BLOCK_N, N // BLOCK_N)
+        # row0 <= -B_r for a warpgroup of ALIGN_END's first tile: its rows see no key. Clamped, so it
+        # still runs block 0 (all masked) and the pipeline keeps its shape.
+        hi = gl.maximum(gl.minimum(row0 + BLOCK_M, N), 1)
+        n_full = gl.maximum(gl.minimum((row0 + 1) // BLOCK_N, N // BLOCK_N), 0)
     else:
         hi = N
         n_full = N // BLOCK_N
@@ -401,14 +404,15 @@ def _consumer(q_desc, k_desc, v_desc, o_desc, L, q_smem, q_bar, k_ring, v_ring, 
     seen = l_i > 0.0
     l_safe = gl.where(seen, l_i, 1.0)
     lse = gl.where(seen, (m_i + gl.log2(l_safe)) * _LN2, float("-inf"))
-    gl.store(L + bh.to(gl.int64) * N + offs_m, lse, mask=offs_m < N)
+    gl.store(L + bh.to(gl.int64) * N + offs_m, lse, mask=(offs_m >= 0) & (offs_m < N))
     o = acc / gl.expand_dims(gl.convert_layout(l_safe, row_o), 1)
     # Q_i is no longer read (every S wgmma has been waited for): its buffer stages O_i for the TMA store
     q2d.store(o.to(dtype))
     fence_async_shared()  # make the generic-proxy writes visible to the TMA engine (async proxy)
     _cta_barrier()  # every warp has written its rows before one thread issues the store
-    _tma_store(o_desc, [bh, row0, 0], q_smem)  # clipped at row N by the descriptor
-    tma.store_wait(pendings=0)
+    if row0 >= 0:  # rows below 0 (ALIGN_END's first tile) are not stored
+        _tma_store(o_desc, [bh, row0, 0], q_smem)  # clipped at row N by the descriptor
+        tma.store_wait(pendings=0)
 
 
 @gluon.jit
@@ -418,7 +422,8 @@ def _producer(q_desc, k_desc, v_desc, q_smem, q_bars, k_ring, v_ring, k_ready, v
     """The 1-warp TMA partition ("ws"): Q tiles once, then K_j, V_j for j < n_loaded through the ring."""
     for w in gl.static_range(NUM_WG):
         mbarrier.expect(q_bars.index(w), q_desc.block_type.nbytes)
-        _tma_load(q_desc, [bh, row0 + w * BLOCK_M, 0], q_bars.index(w), q_smem.index(w))
+        # max(., 0): a warpgroup of rows below 0 (ALIGN_END's first tile) loads rows [0, B_r), never stored
+        _tma_load(q_desc, [bh, gl.maximum(row0 + w * BLOCK_M, 0), 0], q_bars.index(w), q_smem.index(w))
     for j in range(n_loaded):
         slot = j % STAGES
         # wait until the consumers released this slot's previous block (j - STAGES); the first
@@ -441,20 +446,28 @@ def attention_forward_kernel(
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     NUM_WG: gl.constexpr, IS_CAUSAL: gl.constexpr, WS: gl.constexpr,
     LOADER_REGS: gl.constexpr = 24, CONSUMER_REGS: gl.constexpr = 240, FENCE: gl.constexpr = False,
-    PINGPONG: gl.constexpr = False,
+    PINGPONG: gl.constexpr = False, ALIGN_END: gl.constexpr = True,
 ):
     """Grid (ceil(N / (NUM_WG·B_r)), B·H). "overlap" (WS=False): num_warps = 4·NUM_WG, one tile of
     NUM_WG·B_r rows. "ws" (WS=True): num_warps = 4 (consumer warpgroup 0, the default partition),
-    plus a 1-warp producer partition and NUM_WG - 1 more 4-warp consumer partitions (NUM_WG = 2 or 3)."""
+    plus a 1-warp producer partition and NUM_WG - 1 more 4-warp consumer partitions (NUM_WG = 2 or 3).
+
+    ALIGN_END ("ws"): tiles are counted back from the end of the last warpgroup's rows (N rounded up to
+    B_r), so when NUM_WG·B_r does not divide N the ragged tile is the first, where causal attention
+    costs one key block, not the last, which costs all of them. Its warpgroups whose rows all lie below
+    0 load rows [0, B_r) instead (a TMA coordinate below 0 stopped the H100 with an illegal
+    instruction), see no key (causal) and store nothing. Off, or "overlap": tiles from row 0."""
     ROWS: gl.constexpr = NUM_WG * BLOCK_M
     n_tiles = (N + ROWS - 1) // ROWS
     pid = gl.program_id(0)
     bh = gl.program_id(1)
-    if IS_CAUSAL:
-        tile = n_tiles - 1 - pid  # longest rows first: better balance at the tail of the grid
+    if ALIGN_END and WS:
+        n_end = (N + BLOCK_M - 1) // BLOCK_M * BLOCK_M  # a multiple of B_r: no warpgroup straddles row 0
+        row0 = n_end - (pid + 1) * ROWS  # pid 0 ends at row N: causal, the longest rows come first
+    elif IS_CAUSAL:
+        row0 = (n_tiles - 1 - pid) * ROWS  # longest rows first: better balance at the tail of the grid
     else:
-        tile = pid
-    row0 = tile * ROWS
+        row0 = pid * ROWS
     dtype: gl.constexpr = k_desc.dtype
 
     # Shared memory. Q: one [1, B_r, d] tile per consumer warpgroup (reused for O at the end);
@@ -573,7 +586,8 @@ def resolve_config(d: int, variant: str, config: dict | None = None) -> dict:
     """CONFIGS[(d, variant)] with `config`'s entries on top, checked: tile sizes powers of two the wgmma
     shapes allow, at least one stage, two or three consumer warpgroups for "ws" (PINGPONG: two)."""
     cfg = dict(CONFIGS[(d, variant)], **(config or {}))
-    unknown = set(cfg) - {"BLOCK_M", "BLOCK_N", "STAGES", "NUM_WG", "LOADER_REGS", "CONSUMER_REGS", "FENCE", "PINGPONG"}
+    unknown = set(cfg) - {"BLOCK_M", "BLOCK_N", "STAGES", "NUM_WG", "LOADER_REGS", "CONSUMER_REGS", "FENCE", "PINGPONG",
+                          "ALIGN_END"}
     if unknown:
         raise ValueError(f"config has unknown keys {sorted(unknown)}")
     for name, lo in (("BLOCK_M", 64), ("BLOCK_N", 16)):
@@ -620,6 +634,7 @@ def launch_meta(d: int, cfg: dict, variant: str, is_causal: bool) -> dict:
                 NUM_WG=cfg["NUM_WG"], IS_CAUSAL=bool(is_causal), WS=ws,
                 LOADER_REGS=cfg.get("LOADER_REGS", 24), CONSUMER_REGS=cfg.get("CONSUMER_REGS", 240),
                 FENCE=bool(cfg.get("FENCE", False)), PINGPONG=bool(cfg.get("PINGPONG", False)),
+                ALIGN_END=bool(cfg.get("ALIGN_END", True)),
                 num_warps=4 if ws else 4 * cfg["NUM_WG"])
 
 

@@ -116,6 +116,7 @@ def test_launch_grid_and_tma_boxes_on_cpu(monkeypatch, variant, q_rows, warps):
     assert grid == (-(-1000 // 128), 2 * 3)
     assert [a.block_shape for a in args[:4]] == [[1, q_rows, 128], [1, 128, 128], [1, 128, 128], [1, q_rows, 128]]
     assert args[5] == 1000 and meta["num_warps"] == warps and meta["IS_CAUSAL"] and not meta["FENCE"]
+    assert meta["ALIGN_END"]  # tiles end at row N: the ragged one is the first
     assert meta == gf.launch_meta(128, gf.CONFIGS[(128, variant)], variant, True)
 
 
@@ -211,20 +212,30 @@ def _assert_matches(q, k, v, causal, O, L, factor=2.0):
         assert err <= tol, f"{name}: max error {err:.3g} > tolerance {tol:.3g}"
 
 
+#: the builds the GPU grid checks: name -> (variant, config on top of CONFIGS)
+GPU_BUILDS = {
+    "ws": ("ws", {}),
+    "overlap": ("overlap", {}),
+    "ws+fence": ("ws", dict(FENCE=True)),
+    # turns are taken between two consumer warpgroups (d = 64 has three by default)
+    "ws+pingpong": ("ws", dict(gf.TWO_CONSUMERS, PINGPONG=True) if gf else {}),
+    "ws+from-row-0": ("ws", dict(ALIGN_END=False)),  # tiles counted from row 0: the ragged tile last
+}
+
+
 @pytest.mark.gpu
 @needs_gluon
-@pytest.mark.parametrize("variant", ["ws", "overlap", "ws+fence", "ws+pingpong"])
+@pytest.mark.parametrize("build", list(GPU_BUILDS))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("N", [1, 17, 128, 1000, 4096])
-def test_matches_reference_gpu(N, d, causal, dtype, variant):
-    """Every length class: one row, shorter than a tile, one tile, ragged, many tiles (the ring wraps)."""
+def test_matches_reference_gpu(N, d, causal, dtype, build):
+    """Every length class: one row, shorter than a tile, one tile, ragged, many tiles (the ring wraps).
+    With tiles counted back from row N (the default), a ragged N puts the first tile's rows below 0:
+    six heads side by side show that those rows neither corrupt another head nor lose their own."""
     q, k, v = _inputs(2, 3, N, d, dtype, seed=N * 1000 + d)
-    variant, *flags = variant.split("+")
-    config = {flag.upper(): True for flag in flags}  # "ws+fence" -> variant "ws", config FENCE=True
-    if "pingpong" in flags:  # turns are taken between two consumer warpgroups (d = 64 has three by default)
-        config.update(gf.TWO_CONSUMERS)
+    variant, config = GPU_BUILDS[build]
     O, L = gf.attention_forward_gluon(q, k, v, is_causal=causal, variant=variant, config=config)
     _assert_matches(q, k, v, causal, O, L)
 
