@@ -421,26 +421,31 @@ class BackwardConfig:
 
     dK/dV kernel: B_c = BLOCK_N1 keys per program, B_r = BLOCK_M1 queries per step (BLOCK_N1 %
     BLOCK_M1 == 0). dQ kernel: B_r = BLOCK_M2 queries per program, B_c = BLOCK_N2 keys per step
-    (BLOCK_M2 % BLOCK_N2 == 0).
+    (BLOCK_M2 % BLOCK_N2 == 0). fused: both programs in one launch (the static kernels only; they
+    then share warps and stages).
     """
 
-    def __init__(self, BLOCK_M1, BLOCK_N1, warps1, stages1, BLOCK_M2, BLOCK_N2, warps2, stages2):
+    def __init__(self, BLOCK_M1, BLOCK_N1, warps1, stages1, BLOCK_M2, BLOCK_N2, warps2, stages2, fused=False):
         if BLOCK_N1 % BLOCK_M1 or BLOCK_M2 % BLOCK_N2:
             raise ValueError("need BLOCK_N1 % BLOCK_M1 == 0 and BLOCK_M2 % BLOCK_N2 == 0 (diagonal blocks align)")
         for b in (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2):
             if b < 16 or b & (b - 1):
                 raise ValueError(f"block sizes must be powers of two >= 16 (tl.dot on a GPU), got {b}")
+        if fused and (warps1, stages1) != (warps2, stages2):
+            raise ValueError(f"fused=True runs both programs in one launch: warps and stages must match, got "
+                             f"({warps1}, {stages1}) for dK/dV and ({warps2}, {stages2}) for dQ")
         self.dkdv = (BLOCK_M1, BLOCK_N1, warps1, stages1)
         self.dq = (BLOCK_M2, BLOCK_N2, warps2, stages2)
+        self.fused = bool(fused)
 
     def __repr__(self):
-        return f"BackwardConfig(dkdv={self.dkdv}, dq={self.dq})"
+        return f"BackwardConfig(dkdv={self.dkdv}, dq={self.dq}{', fused=True' if self.fused else ''})"
 
     def __eq__(self, other):
-        return isinstance(other, BackwardConfig) and (self.dkdv, self.dq) == (other.dkdv, other.dq)
+        return isinstance(other, BackwardConfig) and (self.dkdv, self.dq, self.fused) == (other.dkdv, other.dq, other.fused)
 
     def __hash__(self):
-        return hash((self.dkdv, self.dq))
+        return hash((self.dkdv, self.dq, self.fused))
 
 
 #: The one configuration used under the interpreter.
@@ -644,10 +649,13 @@ STATIC_MIN_N = 2048
 #: otherwise): d = 128 +8 to +15 % and d = 64 causal +0 to +3 % with the first tuned tiles; d = 64
 #: non-causal +6 to +8 % over the autotuned dynamic kernels with 64 x 64 tiles, 4 warps, for both
 #: kernels. The tuned dynamic dK/dV tile there (64 x 128, 4 warps) must not be compiled static: it
-#: spills (568 bytes of stack with triton 3.6) and ran at a third of its dynamic speed.
+#: spills (568 bytes of stack with triton 3.6) and ran at a third of its dynamic speed. d = 128, causal
+#: or not: the first tuned tiles with 3 stages, both programs in one launch: +2 to +7 % over two
+#: launches of the same tiles, 1.06-1.10x FlexAttention (benchmarks/results/backward_tile_sweep_h100.json).
 STATIC_TILES = {
-    **{key: _first_candidates(*key) for key in ((128, False), (128, True), (64, True))},
+    **{key: _first_candidates(*key) for key in ((64, True),)},
     (64, False): BackwardConfig(64, 64, 4, 3, 64, 64, 4, 3),
+    **{(128, causal): BackwardConfig(64, 128, 8, 3, 128, 64, 8, 3, fused=True) for causal in (False, True)},
 }
 
 
@@ -692,7 +700,10 @@ def attention_backward(q, k, v, O, L, dO, *, is_causal=False, scale=None, config
         static = not device.TRITON_INTERPRET and static_by_default(p.d, p.Nq, p.Nk, is_causal, q.dtype)
     if static:
         config = config or static_config(p.d, is_causal, q.dtype)
-        p.run_static(config.dkdv, config.dq)
+        p.run_static(config.dkdv, config.dq, fused=config.fused)
+    elif config is not None and config.fused:
+        raise ValueError(f"config {config} has fused=True, which only the static kernels offer: pass static=True, "
+                         f"or a config without fused")
     elif config is None and _autotuning():
         p.run_dkdv()
         p.run_dq()

@@ -112,16 +112,36 @@ def test_static_by_default_only_where_measured_faster():
     assert not tb.static_by_default(256, n, n, True, torch.float16)
 
 
-def test_static_tiles_at_d64_non_causal_are_not_the_dynamic_ones(monkeypatch):
+def test_static_tiles_where_measured(monkeypatch):
     """The tuned dynamic dK/dV tile at d = 64 non-causal (64 x 128, 4 warps) spills when compiled static
-    and ran three times slower: the static kernels take their own 64 x 64 tiles there; elsewhere the
-    first tuned candidates. fp32 and head dims outside STATIC_TILES fall back to default_config."""
+    and ran three times slower: the static kernels take their own 64 x 64 tiles there. At d = 128 the
+    first tuned tiles with 3 stages in one launch (fused); at d = 64 causal the first tuned candidates.
+    fp32 and head dims outside STATIC_TILES fall back to default_config."""
     monkeypatch.setattr(tb.device, "TRITON_INTERPRET", False)
     assert tb.static_config(64, False).dkdv == (64, 64, 4, 3) != tb.default_config(64, False).dkdv
-    for d, causal in ((128, False), (128, True), (64, True)):
-        assert tb.static_config(d, causal) == tb.default_config(d, causal)
+    for causal in (False, True):
+        got = tb.static_config(128, causal)
+        assert got.fused and got.dkdv == (64, 128, 8, 3) and got.dq == (128, 64, 8, 3)
+        assert (got.dkdv[:2], got.dq[:2]) == (tb.default_config(128, causal).dkdv[:2], tb.default_config(128, causal).dq[:2])
+    assert tb.static_config(64, True) == tb.default_config(64, True) and not tb.static_config(64, True).fused
     assert tb.static_config(256, True) == tb.default_config(256, True)
     assert tb.static_config(64, False, torch.float32) == tb.default_config(64, False, torch.float32)
+
+
+def test_fused_configs_are_checked():
+    """One launch runs both programs with one num_warps and num_stages; the dynamic kernels have no fused
+    launch, so a fused config there is refused, not silently run as two launches."""
+    with pytest.raises(ValueError, match="warps and stages must match"):
+        tb.BackwardConfig(64, 128, 8, 3, 128, 64, 8, 4, fused=True)
+    fused = tb.BackwardConfig(16, 32, 4, 1, 32, 16, 4, 1, fused=True)
+    assert fused != tb.CPU_CONFIG and "fused=True" in repr(fused)
+    g = torch.Generator().manual_seed(23)
+    args = make(1, 1, 40, 40, 16, torch.float32, True, g)
+    with pytest.raises(ValueError, match="only the static kernels"):
+        tb.attention_backward(*args, is_causal=True, static=False, config=fused)
+    want = tb.attention_backward(*args, is_causal=True, static=True, config=tb.CPU_CONFIG)
+    for a, b in zip(tb.attention_backward(*args, is_causal=True, static=True, config=fused), want):
+        assert torch.equal(a, b)
 
 
 def test_tma_needs_fp16_or_bf16():
@@ -278,10 +298,12 @@ def test_gpu_static_shapes_match_dynamic_and_float64():
     """From STATIC_MIN_N on, the default compiles lengths and strides in: right on a ragged length,
     and bit-identical to the dynamic kernels with the same blocks."""
     g = torch.Generator().manual_seed(22)
-    for N, d, causal in ((tb.STATIC_MIN_N + 52, 128, True), (tb.STATIC_MIN_N, 64, False)):
+    for N, d, causal in ((tb.STATIC_MIN_N + 52, 128, True), (tb.STATIC_MIN_N + 52, 128, False), (tb.STATIC_MIN_N, 64, False)):
         args = make(1, 2, N, N, d, torch.float16, causal, g)
-        static = check_against_reference(*args, causal, factor=3.0, static=True)
-        dynamic = tb.attention_backward(*args, is_causal=causal, static=False, config=tb.static_config(d, causal))
+        static = check_against_reference(*args, causal, factor=3.0, static=True)  # d = 128: one fused launch
+        tiles = tb.static_config(d, causal)
+        separate = tb.BackwardConfig(*tiles.dkdv, *tiles.dq)  # the same blocks, two launches
+        dynamic = tb.attention_backward(*args, is_causal=causal, static=False, config=separate)
         for a, b in zip(static, dynamic):
             assert torch.equal(a, b)
 
