@@ -25,8 +25,9 @@ How it measures, so that the numbers can be trusted:
   the "small shape"); otherwise on the first and last query rows of batch 0 (O for the forward,
   dQ for the backward: a row of O or dQ depends on its own query row only). A provider that
   fails is marked "wrong" and is not timed for that configuration again.
-* Timing: triton.testing.do_bench (median, L2 flushed between calls, warm-up first), or CUDA
-  events, or time.perf_counter on the CPU. Inputs are fresh random normals (never zeros,
+* Timing: triton.testing.do_bench (median, L2 flushed between calls, 100 ms of warm-up, then 400 ms
+  of timed calls), or CUDA events, or time.perf_counter on the CPU. --smi-ms logs nvidia-smi beside
+  the run and records the SM clock, power and temperature of every timed job. Inputs are fresh random normals (never zeros,
   never a fixed seed: the seed is recorded with each figure).
 
 CPU numbers (--cpu-smoke, or automatically without CUDA) are NOT GPU numbers: they exist to
@@ -618,8 +619,10 @@ class Config:
     device: str = "cuda"
     check_rows: int = 64
     tol_factor: float = 3.0
-    warmup_ms: float = 25.0
-    rep_ms: float = 100.0
+    # 100 ms of warm-up, 400 ms of timed calls: the H100's clock moves on a ~100 ms scale under its power
+    # cap, and a 100 ms window could land in one dip (benchmarks/PERFORMANCE.md, section 6)
+    warmup_ms: float = 100.0
+    rep_ms: float = 400.0
     baselines: list[str] = dataclasses.field(default_factory=lambda: list(GPU_BASELINES))
     plots: bool = True
     max_call_ms: float = 300.0  # a configuration slower than this per call is not timed at larger N
@@ -1282,8 +1285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", default=None, help="ratios are to these (default sdpa-flash,flex; sdpa-math on CPU)")
     p.add_argument("--check-rows", type=int, default=64, help="rows checked at each end on shapes too big to check whole")
     p.add_argument("--tol-factor", type=float, default=3.0, help="tolerance = this x same-dtype naive error + ulps")
-    p.add_argument("--warmup-ms", type=float, default=None)
-    p.add_argument("--rep-ms", type=float, default=None)
+    p.add_argument("--warmup-ms", type=float, default=None, help="do_bench warm-up per job (default 100; --quick 10)")
+    p.add_argument("--rep-ms", type=float, default=None, help="do_bench timed calls per job, ms (default 400; --quick 40)")
     p.add_argument("--max-call-ms", type=float, default=None,
                    help="a provider slower than this per call is not timed at larger N (default 300 on GPU; 0: no limit)")
     p.add_argument("--smi-ms", type=int, default=0,
@@ -1313,7 +1316,7 @@ def config_from_args(args) -> Config:
         name = "bench_quick"
     else:
         Ns, ds, dtypes, batch, heads, mem = [1024, 2048, 4096, 8192, 16384], [64, 128], ["fp16", "bf16"], 4, None, [32768, 65536]
-        providers, baselines, warm, rep = GPU_DEFAULT, GPU_BASELINES, 25, 100
+        providers, baselines, warm, rep = GPU_DEFAULT, GPU_BASELINES, Config.warmup_ms, Config.rep_ms
         name = "bench"
     directions = split(args.directions) if args.directions else list(DIRECTIONS)
     for x in directions:
