@@ -122,7 +122,7 @@ SUPPORTED_HEAD_DIMS = (64, 128)
 VARIANTS = ("overlap", "ws")
 #: Head dims at which kernels.triton_backward.flash_attention runs this kernel ("ws") instead of lesson
 #: 03's Triton kernel: where it measured faster on the H100 (fp16, B = 4, N = 4k-16k: the gluon_forward_*ab*
-#: files in benchmarks/results and benchmark runs 6 and 7; benchmarks/PERFORMANCE_forward.md, step 11).
+#: files in benchmarks/results and benchmark runs 6-10; benchmarks/PERFORMANCE_forward.md, steps 11 and 12).
 #: d = 128: 1.01-1.19x the Triton kernel (one 0.94x, under the power cap). d = 64 with three consumer
 #: warpgroups: 1.03-1.17x without a mask and causal from N = 8192; causal at N = 4096, 0.95-1.08x in five
 #: measurements, so one rule for every N.
