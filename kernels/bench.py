@@ -27,8 +27,8 @@ How it measures, so that the numbers can be trusted:
   fails is marked "wrong" and is not timed for that configuration again.
 * Timing: triton.testing.do_bench (median, L2 flushed between calls, 100 ms of warm-up, then 400 ms
   of timed calls), or CUDA events, or time.perf_counter on the CPU. --smi-ms logs nvidia-smi beside
-  the run and records the SM clock, power and temperature of every timed job. Inputs are fresh random normals (never zeros,
-  never a fixed seed: the seed is recorded with each figure).
+  the run and records the SM clock, power and temperature of every timed job. Inputs are fresh
+  random normals (never zeros, never a fixed seed: the seed is recorded with each figure).
 
 CPU numbers (--cpu-smoke, or automatically without CUDA) are NOT GPU numbers: they exist to
 test this tool on a laptop or in CI, and every CPU output says so.

@@ -123,7 +123,7 @@ VARIANTS = ("overlap", "ws")
 #: Head dims at which kernels.triton_backward.flash_attention runs this kernel ("ws") instead of lesson
 #: 03's Triton kernel: where it measured faster on the H100 (fp16, B = 4, N = 4k-16k: the gluon_forward_*ab*
 #: files in benchmarks/results and benchmark runs 6-10; benchmarks/PERFORMANCE_forward.md, steps 11 and 12).
-#: d = 128: 1.01-1.19x the Triton kernel (one 0.94x, under the power cap). d = 64 with three consumer
+#: d = 128: 1.01-1.19x the Triton kernel (one 0.94x, the low point of PERFORMANCE.md section 6). d = 64, three consumer
 #: warpgroups: 1.03-1.17x without a mask and causal from N = 8192; causal at N = 4096, 0.95-1.08x in five
 #: measurements, so one rule for every N.
 DEFAULT_HEAD_DIMS = (64, 128)
@@ -136,7 +136,7 @@ DEFAULT_HEAD_DIMS = (64, 128)
 #   STAGES   depth of the K/V ring in shared memory
 #   NUM_WG   consumer warpgroups (4 warps each); "ws" adds one producer warp
 #   LOADER_REGS / CONSUMER_REGS  registers per thread asked for the worker partitions ("ws")
-#   ALIGN_END  (default on) tiles end at row N, so the ragged tile is the first (see the kernel)
+#   ALIGN_END  (default on) tiles counted back from row N: the ragged tile is the first (see the kernel)
 #
 # Budget (H100, per SM): 228 KB shared memory (227 KB usable by one CTA), 64 K 32-bit registers.
 # Shared memory: Q tiles NUM_WG·BLOCK_M·d·2 B, plus STAGES·2·BLOCK_N·d·2 B for the K and V ring

@@ -653,7 +653,7 @@ STATIC_MIN_N = 2048
 #: or not: the first tuned tiles with 3 stages, both programs in one launch: +2 to +7 % over two
 #: launches of the same tiles, 1.06-1.10x FlexAttention (benchmarks/results/backward_tile_sweep_h100.json).
 STATIC_TILES = {
-    **{key: _first_candidates(*key) for key in ((64, True),)},
+    (64, True): _first_candidates(64, True),
     (64, False): BackwardConfig(64, 64, 4, 3, 64, 64, 4, 3),
     **{(128, causal): BackwardConfig(64, 128, 8, 3, 128, 64, 8, 3, fused=True) for causal in (False, True)},
 }
