@@ -2,8 +2,8 @@
 
     python benchmarks/clock_settle.py      # writes $OUT/clock_settle.json and $OUT/smi_clock_settle.csv
 
-Why: `python -m kernels.bench` times each provider for 25 ms of warm-up and 100 ms of calls, right
-after the previous provider's job. Under the H100's 700 W power cap the SM clock drops while a heavy
+Why: `python -m kernels.bench` timed each provider for 25 ms of warm-up and 100 ms of calls (its
+default until run 10; now 100 + 400 ms), right after the previous provider's job. Under the H100's 700 W power cap the SM clock drops while a heavy
 job runs and takes time to come back, so a job may inherit the clock its predecessor left
 (benchmarks/PERFORMANCE.md, section 6: a Gluon forward job logged at 1560 MHz and 442 W with the
 power cap flagged).
@@ -45,7 +45,8 @@ CASES = [
     ("triton bwd bf16 d128 full 4k", "triton", "bf16", 128, False, "bwd", 4096),
     ("flex bwd bf16 d128 full 4k", "flex", "bf16", 128, False, "bwd", 4096),
 ]
-#: windows of call start times, ms after the first call: the bench's (after its 25 ms warm-up), then later
+#: windows of call start times, ms after the first call: the bench's window before run 10 (after 25 ms of
+#: warm-up, 100 ms of calls), then later ones
 WINDOWS = {"bench 25-125 ms": (25, 125), "250-500 ms": (250, 500), "500-1500 ms": (500, 1500)}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
