@@ -2,10 +2,12 @@
 
     OUT=... python benchmarks/backward_tile_sweep.py     # writes $OUT/backward_tile_sweep.json
 
-Why: at d = 128 the backward leads FlexAttention by only 0-7 % (benchmarks/PERFORMANCE.md, section 6),
-with the tiles STATIC_TILES took over from the dynamic kernels' tuning. This times other tiles, and
-one fused launch, compiled static, at N = 4096 and 16384 (B = 4, H = 16), non-causal in bf16 and
-causal in fp16 (the two classes whose lead was smallest in the recorded runs). Every variant's dQ,
+Why: at d = 128 the backward led FlexAttention by only 0-7 % in runs 4-8 (benchmarks/PERFORMANCE.md,
+section 6), with the tiles STATIC_TILES had taken over from the dynamic kernels' tuning. This times other
+tiles, and one fused launch, compiled static, at N = 4096 and 16384 (B = 4, H = 16), non-causal in bf16
+and causal in fp16 (the two classes whose lead was smallest in the recorded runs). "default" is
+attention_backward as users get it: since this sweep, the fused launch with 3 stages
+(PERFORMANCE_backward.md, section 9; the recorded file has the tiles before it). Every variant's dQ,
 dK, dV of head (0, 0) is checked against float64 autograd first, with the benchmark's tolerance.
 """
 from __future__ import annotations

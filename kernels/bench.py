@@ -855,6 +855,32 @@ class Bench:
             print(f"clock log: {clocks.path}" if clocks.running else "clock log: no nvidia-smi, not logged", flush=True)
         jobs = self.plan()
         self.total = len(jobs)
+        try:
+            self._run_jobs(jobs)
+        finally:  # nvidia-smi must not outlive the run, also when a job raises or the run is interrupted
+            if clocks is not None:
+                clocks.stop()
+        if clocks is not None and clocks.running:
+            for rec in self.results:
+                if rec.get("timed_s"):
+                    rec["gpu"] = clocks.summary(*rec["timed_s"])
+        data = self.write_json(complete=True)
+        print()
+        print(format_table(self.results, self.cfg.baselines, self.providers_order()))
+        if self.dev.type != "cuda":
+            print(f"\n*** {CPU_WARNING} ***")
+        if cfg.plots:
+            try:
+                for path in write_plots(data, cfg.out, cfg.name):
+                    print(f"plot: {path}")
+            except Exception as e:  # e.g. no matplotlib on the GPU machine: the JSON is what matters
+                print(f"plots not written ({_one_line(e)}); make them later with --report {self.json_path()}")
+        print(f"json: {self.json_path()}")
+        return data
+
+    def _run_jobs(self, jobs: list[tuple]) -> None:
+        """Every planned measurement in order, one set of inputs per shape, the JSON rewritten after each."""
+        cfg = self.cfg
         inputs_key, inputs = None, None
         for sweep, dtype_name, d, N, causal, name, direction in jobs:
             B = cfg.batch if sweep == "speed" else cfg.memory_batch
@@ -886,24 +912,6 @@ class Bench:
             self.write_json(complete=False)
         inputs = None
         _release(self.dev)
-        if clocks is not None and clocks.running:
-            clocks.stop()
-            for rec in self.results:
-                if rec.get("timed_s"):
-                    rec["gpu"] = clocks.summary(*rec["timed_s"])
-        data = self.write_json(complete=True)
-        print()
-        print(format_table(self.results, self.cfg.baselines, self.providers_order()))
-        if self.dev.type != "cuda":
-            print(f"\n*** {CPU_WARNING} ***")
-        if cfg.plots:
-            try:
-                for path in write_plots(data, cfg.out, cfg.name):
-                    print(f"plot: {path}")
-            except Exception as e:  # e.g. no matplotlib on the GPU machine: the JSON is what matters
-                print(f"plots not written ({_one_line(e)}); make them later with --report {self.json_path()}")
-        print(f"json: {self.json_path()}")
-        return data
 
     def providers_order(self) -> list[str]:
         return [n for n in PROVIDERS if n in self.cfg.providers] + [n for n in self.cfg.providers if n not in PROVIDERS]

@@ -27,12 +27,12 @@ class ClockLog:
 
     def __init__(self, path: str, interval_ms: int = 50):
         self.path, self.proc, self.samples = path, None, None
+        self._out = open(path, "w")
         try:
-            self._out = open(path, "w")
             self.proc = subprocess.Popen(["nvidia-smi", f"--query-gpu={FIELDS}", "--format=csv,nounits",
                                           "-lms", str(int(interval_ms))], stdout=self._out, stderr=subprocess.DEVNULL)
-        except OSError:
-            self.proc = None
+        except OSError:  # no nvidia-smi on this machine
+            self._out.close()
 
     @property
     def running(self) -> bool:

@@ -322,7 +322,8 @@ def _consumer(q_desc, k_desc, v_desc, o_desc, L, q_smem, q_bar, k_ring, v_ring, 
 
     WS: K/V slots arrive from the producer partition and are handed back through k_empty / v_empty;
     the drain at the end hands back the slots of blocks the producer loaded for another warpgroup
-    (n_loaded > this tile's n_total only for the lower warpgroup of a causal tile).
+    (n_loaded > this tile's n_total only for the warpgroups above the last one in a causal tile, and
+    for the warpgroups of rows below 0 in ALIGN_END's first tile).
     Not WS: this function issues the K/V copies itself (prologue: the first STAGES blocks)."""
     dtype: gl.constexpr = k_ring.dtype
     # Register layouts. wgmma: each warp owns 16 rows of the tile; instr_shape [16, n, 16] with n the
